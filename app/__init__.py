@@ -1,0 +1,1 @@
+"""palletreid service: receipt/dispatch matching of pallet blocks on PostgreSQL/pgvector."""

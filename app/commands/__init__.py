@@ -1,0 +1,1 @@
+"""Service-side subcommands of the ``palletreid`` CLI."""
