@@ -1,0 +1,71 @@
+"""``palletreid serve``: migrate the database, load the model and serve the REST API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the matching REST API",
+        description=(
+            "Serve the receipt/dispatch matching API. Uses DATABASE_URL (or PALLETREID_DATABASE_URL) "
+            "when set, otherwise starts an embedded PostgreSQL with pgvector in --data-dir. Applies "
+            "migrations, loads the model (PALLETREID_MODEL_PATH or the shipped checkpoint) and serves "
+            "with uvicorn."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="embedded PostgreSQL data directory when no DATABASE_URL is set (default: ./var)",
+    )
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply migrations at start (they are applied by default)",
+    )
+    parser.set_defaults(handler=serve)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.db.embedded import embedded_postgres
+    from app.db.migrations import upgrade_to_head
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings()
+    if args.data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": args.data_dir})
+    # uvicorn re-raises the SIGTERM it handled after shutting down; turn it into SystemExit so the
+    # embedded database below is stopped instead of the process dying on the spot.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with ExitStack() as stack:
+        if settings.database_url:
+            logger.info("using the database from DATABASE_URL")
+        else:
+            url = stack.enter_context(embedded_postgres(settings.data_dir))
+            settings = settings.model_copy(update={"database_url": url})
+        assert settings.database_url is not None
+        if not args.no_migrate:
+            upgrade_to_head(settings.database_url)
+            logger.info("database migrated to head")
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    return 0

@@ -1,0 +1,1 @@
+"""Events: the receipt/dispatch history and the WMS feed."""

@@ -1,0 +1,30 @@
+"""``GET /v1/events``: the receipt/dispatch feed for warehouse management systems."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import SessionDep
+from app.db.tables import EventKind
+from app.errors import InvalidCursorError, error_responses
+from app.events.schemas import EventPage
+from app.events.service import EventService
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+
+@router.get("", responses=error_responses(InvalidCursorError))
+def list_events(
+    session: SessionDep,
+    since: Annotated[
+        datetime | None, Query(description="Only events recorded at or after this time.")
+    ] = None,
+    kind: Annotated[EventKind | None, Query(description="Only receipts or only dispatches.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> EventPage:
+    """Follow all events in recording order (oldest first); resume with the last next_cursor."""
+    return EventService(session).feed(since=since, kind=kind, limit=limit, cursor=cursor)

@@ -1,0 +1,52 @@
+"""Event history and feed responses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import JsonDict
+
+from app.db.tables import EventKind, MatchDecision
+
+_EVENT_EXAMPLE: JsonDict = {
+    "id": 42,
+    "pallet_id": "3f2b8c1e-6d0a-4c8e-9b1f-2a7d5e4c9b10",
+    "kind": "receipt",
+    "decision": "registered",
+    "score": 0.12,
+    "site": "DE-HAM-01",
+    "gate": "dock-3",
+    "external_ref": "ASN-2026-000123",
+    "captured_at": "2026-11-27T08:15:00Z",
+    "recorded_at": "2026-11-27T08:15:02.120Z",
+}
+
+
+class EventOut(BaseModel):
+    """One receipt or dispatch."""
+
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_EVENT_EXAMPLE]})
+
+    id: int
+    pallet_id: uuid.UUID
+    kind: EventKind
+    decision: MatchDecision
+    score: float | None
+    site: str | None
+    gate: str | None
+    external_ref: str | None
+    captured_at: datetime | None
+    recorded_at: datetime
+
+
+class EventPage(BaseModel):
+    """A page of events; pass ``next_cursor`` as ``cursor`` for the next page (null: no more)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"data": [_EVENT_EXAMPLE], "next_cursor": None}]}
+    )
+
+    data: list[EventOut]
+    next_cursor: str | None

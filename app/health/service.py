@@ -1,0 +1,50 @@
+"""Readiness: database reachable, schema at the migrations' head, model loaded with the column's dimension."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.db.migrations import head_revisions
+from app.errors import ServiceNotReadyError
+from app.health.repository import HealthRepository
+from app.health.schemas import Readiness
+from app.inference import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+def check_readiness(session: Session, model: ModelRunner | None) -> Readiness:
+    """Run every check; raise ``ServiceNotReadyError`` (503) naming all that failed."""
+    repository = HealthRepository(session)
+    problems: list[str] = []
+    current: set[str] = set()
+    column_dim: int | None = None
+    try:
+        repository.ping()
+        current, head = repository.revisions(), head_revisions()
+        if current != head:
+            problems.append(f"database schema at {sorted(current)}, migrations head is {sorted(head)}")
+        else:
+            column_dim = repository.embedding_column_dim()
+            if column_dim is None:
+                problems.append("fingerprints.embedding column missing")
+    except SQLAlchemyError as error:
+        logger.warning("readiness: database check failed: %s", error)
+        problems.append(f"database unreachable or unusable ({type(error).__name__})")
+    if model is None:
+        problems.append("model not loaded")
+    elif column_dim is not None and model.embedding_dim != column_dim:
+        problems.append(
+            f"model embedding_dim {model.embedding_dim} != fingerprints column dimension {column_dim}"
+        )
+    if problems or model is None:
+        raise ServiceNotReadyError("; ".join(problems))
+    return Readiness(
+        status="ready",
+        model=model.model_id,
+        embedding_dim=model.embedding_dim,
+        schema_revision=sorted(current),
+    )

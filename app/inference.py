@@ -1,0 +1,62 @@
+"""The fingerprint model as the service uses it: loaded once, run on one dedicated worker thread.
+
+PyTorch inference is CPU-bound and blocking; routes are sync (FastAPI runs them in its threadpool) and hand
+the images to a single-thread executor, so the event loop never blocks and the model never runs twice at once
+(one model instance, its intra-op threads are the parallelism).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+class FingerprintModel(Protocol):
+    """What the service needs from ``models.inference.Embedder``."""
+
+    model_id: str
+    embedding_dim: int
+    image_size: tuple[int, int]
+
+    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray: ...
+
+
+class ModelRunner:
+    """Serialises all inference through one worker thread."""
+
+    def __init__(self, model: FingerprintModel, *, batch_size: int = 32) -> None:
+        self._model = model
+        self._batch_size = batch_size
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-model")
+
+    @classmethod
+    def load(
+        cls, path: Path | None, *, device: str = "cpu", num_threads: int | None = None, batch_size: int = 32
+    ) -> ModelRunner:
+        """Load a checkpoint (``None``: the shipped default)."""
+        from models.inference import Embedder
+
+        return cls(Embedder.load(path, device=device, num_threads=num_threads), batch_size=batch_size)
+
+    @property
+    def model_id(self) -> str:
+        return self._model.model_id
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._model.embedding_dim
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Fingerprints of ``images`` (unit rows, float32); blocks the calling thread, not the event loop."""
+        return self._executor.submit(self._model.embed, images, self._batch_size).result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,1 @@
+"""Matching: identify pallets from block fingerprints at receipt and dispatch."""

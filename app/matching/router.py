@@ -1,0 +1,133 @@
+"""``POST /v1/receipts`` and ``POST /v1/dispatches``: block images in, one match result out."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, UploadFile
+from sqlalchemy.orm import Session
+
+from app.api.deps import EmbedderDep, SessionDep, SettingsDep
+from app.db.tables import EventKind
+from app.errors import (
+    IdempotencyConflictError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidRequestError,
+    PalletNotFoundError,
+    ServiceNotReadyError,
+    UnsupportedImageTypeError,
+    error_responses,
+)
+from app.images import decode_image, read_limited
+from app.inference import ModelRunner
+from app.matching.schemas import MatchResult
+from app.matching.service import Capture, MatchingConfig, MatchingService
+from app.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["matching"])
+
+_ERRORS = error_responses(
+    InvalidImageError,
+    PalletNotFoundError,
+    ImageTooLargeError,
+    UnsupportedImageTypeError,
+    IdempotencyConflictError,
+    ServiceNotReadyError,
+)
+
+BlocksField = Annotated[
+    list[UploadFile],
+    File(description="1 to 12 block images (JPEG, PNG or WebP); repeat the field, order = block position."),
+]
+ExternalRefField = Annotated[str | None, Form(max_length=200, description="Delivery note / ASN reference.")]
+SiteField = Annotated[str | None, Form(max_length=200, description="Site (warehouse) code.")]
+GateField = Annotated[str | None, Form(max_length=200, description="Gate or dock door.")]
+CapturedAtField = Annotated[datetime | None, Form(description="When the images were taken (ISO 8601).")]
+PalletIdField = Annotated[
+    uuid.UUID | None, Form(description="Attach to this known pallet instead of identifying it.")
+]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Retry-safe key; a retry returns the same result.",
+    ),
+]
+
+
+def _record(
+    kind: EventKind,
+    blocks: list[UploadFile],
+    capture: Capture,
+    idempotency_key: str | None,
+    session: Session,
+    embedder: ModelRunner,
+    settings: Settings,
+) -> MatchResult:
+    if not 1 <= len(blocks) <= settings.max_blocks:
+        raise InvalidRequestError(f"send 1 to {settings.max_blocks} block images, got {len(blocks)}")
+    blobs = [
+        read_limited(block.file, max_bytes=settings.max_image_bytes, name=f"blocks[{position}]")
+        for position, block in enumerate(blocks)
+    ]
+    images = [
+        decode_image(blob, max_pixels=settings.max_image_pixels, name=f"blocks[{position}]")
+        for position, blob in enumerate(blobs)
+    ]
+    embeddings = embedder.embed(images)
+    if idempotency_key is not None:
+        capture = capture.with_idempotency_key(idempotency_key, kind, blobs)
+    service = MatchingService(session, MatchingConfig.from_settings(settings))
+    return service.record(kind, embeddings, model_id=embedder.model_id, capture=capture)
+
+
+@router.post("/receipts", status_code=201, responses=_ERRORS)
+def create_receipt(
+    blocks: BlocksField,
+    session: SessionDep,
+    embedder: EmbedderDep,
+    settings: SettingsDep,
+    external_ref: ExternalRefField = None,
+    site: SiteField = None,
+    gate: GateField = None,
+    captured_at: CapturedAtField = None,
+    pallet_id: PalletIdField = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> MatchResult:
+    """Record an arriving pallet: link a returning pallet or register a new one; it becomes in stock."""
+    capture = Capture(
+        site=site,
+        gate=gate,
+        external_ref=external_ref,
+        captured_at=captured_at,
+        pallet_id=pallet_id,
+    )
+    return _record(EventKind.RECEIPT, blocks, capture, idempotency_key, session, embedder, settings)
+
+
+@router.post("/dispatches", status_code=201, responses=_ERRORS)
+def create_dispatch(
+    blocks: BlocksField,
+    session: SessionDep,
+    embedder: EmbedderDep,
+    settings: SettingsDep,
+    external_ref: ExternalRefField = None,
+    site: SiteField = None,
+    gate: GateField = None,
+    captured_at: CapturedAtField = None,
+    pallet_id: PalletIdField = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> MatchResult:
+    """Record a leaving pallet (in-stock ones preferred, unknown ones registered); it becomes dispatched."""
+    capture = Capture(
+        site=site,
+        gate=gate,
+        external_ref=external_ref,
+        captured_at=captured_at,
+        pallet_id=pallet_id,
+    )
+    return _record(EventKind.DISPATCH, blocks, capture, idempotency_key, session, embedder, settings)

@@ -1,0 +1,67 @@
+"""Match result returned by ``POST /v1/receipts`` and ``POST /v1/dispatches``."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel, Field
+
+from app.db.tables import EventKind, MatchDecision
+
+_PALLET = "3f2b8c1e-6d0a-4c8e-9b1f-2a7d5e4c9b10"
+_OTHER = "8a1d2c3b-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+
+class BlockMatch(BaseModel):
+    """What one query block voted for."""
+
+    position: int = Field(description="Index of the block in the upload (0-based).")
+    pallet_id: uuid.UUID | None = Field(description="Nearest known pallet, null if nothing was found.")
+    similarity: float | None = Field(description="Cosine similarity to that pallet's closest block.")
+
+
+class CandidateMatch(BaseModel):
+    """A pallet seen among the neighbours, with its votes and mean block similarity."""
+
+    pallet_id: uuid.UUID
+    votes: int
+    score: float
+
+
+class MatchResult(BaseModel):
+    """Outcome of a receipt or dispatch: which pallet it was and how sure the vote was."""
+
+    event_id: int
+    kind: EventKind
+    decision: MatchDecision = Field(description="matched: a known pallet; registered: a new pallet.")
+    pallet_id: uuid.UUID
+    score: float | None = Field(
+        description="Mean block similarity of the decided pallet; null when given by pallet_id."
+    )
+    votes: int
+    blocks_compared: int
+    blocks: list[BlockMatch]
+    candidates: list[CandidateMatch]
+    model: str = Field(description="Id of the model that made the fingerprints.")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "event_id": 42,
+                    "kind": "dispatch",
+                    "decision": "matched",
+                    "pallet_id": _PALLET,
+                    "score": 0.91,
+                    "votes": 6,
+                    "blocks_compared": 6,
+                    "blocks": [{"position": i, "pallet_id": _PALLET, "similarity": 0.93} for i in range(6)],
+                    "candidates": [
+                        {"pallet_id": _PALLET, "votes": 6, "score": 0.91},
+                        {"pallet_id": _OTHER, "votes": 0, "score": 0.12},
+                    ],
+                    "model": "pcb_resnet18-p4x128-0123456789ab",
+                }
+            ]
+        }
+    }

@@ -1,0 +1,262 @@
+"""Receipt and dispatch: identify the pallet from its block fingerprints, update the register, record it.
+
+Concurrency. Identification and registration must be atomic: two dispatches of the same unknown pallet
+arriving together would otherwise both find nothing and register two pallets. Every recording therefore
+takes one transaction-level advisory lock (``pg_advisory_xact_lock``) before searching, and holds it until
+its transaction commits or rolls back. Under READ COMMITTED each later statement sees everything committed
+before the lock was granted, so the second request finds the pallet the first one registered. The critical
+section is only the index lookups and a few inserts (the model runs before it, outside the transaction's
+lock), so serialising is cheap at dock-door rates and far simpler to reason about than optimistic retries.
+The pallet whose status changes is additionally row-locked (``SELECT ... FOR UPDATE``), so readers that lock
+pallets and any future path that skips identification stay consistent with the status transition.
+A side effect the event feed relies on: event ids are assigned under the lock, so they commit in increasing
+order. All writes of one recording (pallet, event, fingerprints, idempotency key) share one transaction: a
+failure anywhere leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.db.tables import (
+    EMBEDDING_DIM,
+    Event,
+    EventKind,
+    Fingerprint,
+    IdempotencyKey,
+    MatchDecision,
+    Pallet,
+    PalletStatus,
+)
+from app.errors import IdempotencyConflictError, InvalidRequestError, PalletNotFoundError
+from app.events.repository import EventRepository
+from app.matching.repository import FingerprintRepository, StoredNeighbour
+from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult
+from app.pallets.repository import PalletRepository
+from app.settings import Settings
+from models.voting import Decision, Neighbour, VotingThresholds, decide
+
+STATUS_AFTER: dict[EventKind, PalletStatus] = {
+    EventKind.RECEIPT: PalletStatus.IN_STOCK,
+    EventKind.DISPATCH: PalletStatus.DISPATCHED,
+}
+
+
+@dataclass(frozen=True)
+class MatchingConfig:
+    thresholds: VotingThresholds
+    top_k: int
+    ef_search: int
+    max_candidates: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MatchingConfig:
+        return cls(
+            thresholds=settings.voting_thresholds(),
+            top_k=settings.top_k,
+            ef_search=settings.hnsw_ef_search,
+            max_candidates=settings.max_candidates,
+        )
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Client-supplied facts about one receipt or dispatch."""
+
+    site: str | None = None
+    gate: str | None = None
+    external_ref: str | None = None
+    captured_at: datetime | None = None
+    pallet_id: uuid.UUID | None = None
+    """Attach to this known pallet instead of identifying it."""
+    idempotency_key: str | None = None
+    request_digest: str | None = None
+    """Digest of the request; the same idempotency key with another digest is a conflict."""
+
+    def __post_init__(self) -> None:
+        if (self.idempotency_key is None) != (self.request_digest is None):
+            raise ValueError("idempotency_key and request_digest go together (use with_idempotency_key)")
+
+    def with_idempotency_key(self, key: str, kind: EventKind, images: Sequence[bytes]) -> Capture:
+        """This capture with ``key`` and the SHA-256 of everything the client sent (fields and images)."""
+        digest = hashlib.sha256(kind.value.encode())
+        fields = [
+            self.site,
+            self.gate,
+            self.external_ref,
+            self.captured_at.isoformat() if self.captured_at is not None else None,
+            str(self.pallet_id) if self.pallet_id is not None else None,
+        ]
+        for field in fields:
+            encoded = b"\x00" if field is None else b"\x01" + field.encode()
+            digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        for image in images:
+            digest.update(len(image).to_bytes(8, "big") + image)
+        return replace(self, idempotency_key=key, request_digest=digest.hexdigest())
+
+
+class MatchingService:
+    """Applies ``models.voting.decide`` to pgvector neighbours and records the outcome."""
+
+    def __init__(self, session: Session, config: MatchingConfig) -> None:
+        self._config = config
+        self._pallets = PalletRepository(session)
+        self._events = EventRepository(session)
+        self._fingerprints = FingerprintRepository(session)
+
+    def record(
+        self, kind: EventKind, embeddings: np.ndarray, *, model_id: str, capture: Capture
+    ) -> MatchResult:
+        """Identify (or register) the pallet of ``embeddings`` (one row per block, in upload order)."""
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] != EMBEDDING_DIM:
+            raise InvalidRequestError(
+                f"expected (blocks, {EMBEDDING_DIM}) fingerprints, got {embeddings.shape}"
+            )
+
+        self._fingerprints.lock_identification()
+        if capture.idempotency_key is not None:
+            replay = self._replay(kind, capture)
+            if replay is not None:
+                return replay
+
+        now = datetime.now(UTC)
+        if capture.pallet_id is not None:
+            pallet = self._pallets.get_for_update(capture.pallet_id)
+            if pallet is None:
+                raise PalletNotFoundError(f"no pallet {capture.pallet_id}")
+            decision: Decision[uuid.UUID] | None = None
+            outcome = MatchDecision.MATCHED
+        else:
+            decision = self.identify(kind, embeddings, model_id=model_id)
+            pallet, outcome = self._matched_or_new(decision.pallet, now)
+
+        pallet.status = STATUS_AFTER[kind].value
+        pallet.last_seen = now
+        event = self._events.add(
+            Event(
+                pallet_id=pallet.id,
+                kind=kind.value,
+                decision=outcome.value,
+                score=decision.score if decision is not None else None,
+                votes=decision.votes if decision is not None else 0,
+                blocks_compared=decision.blocks_compared if decision is not None else 0,
+                model_id=model_id,
+                site=capture.site,
+                gate=capture.gate,
+                external_ref=capture.external_ref,
+                captured_at=capture.captured_at,
+                recorded_at=now,
+                result={},
+            )
+        )
+        self._fingerprints.add_all(
+            [
+                Fingerprint(
+                    pallet_id=pallet.id,
+                    event_id=event.id,
+                    model_id=model_id,
+                    position=position,
+                    embedding=vector,
+                )
+                for position, vector in enumerate(embeddings)
+            ]
+        )
+        result = _match_result(event, pallet.id, outcome, decision, model_id)
+        event.result = result.model_dump(mode="json")
+        if capture.idempotency_key is not None and capture.request_digest is not None:
+            self._events.add_idempotency_key(
+                IdempotencyKey(
+                    kind=kind.value,
+                    key=capture.idempotency_key,
+                    request_digest=capture.request_digest,
+                    event_id=event.id,
+                )
+            )
+        return result
+
+    def identify(self, kind: EventKind, embeddings: np.ndarray, *, model_id: str) -> Decision[uuid.UUID]:
+        """Vote over the nearest stored blocks of the same model.
+
+        A receipt can only be a pallet that is not in stock (a returning one), so in-stock pallets are left
+        out of its vote; a dispatch considers every known pallet and prefers those in stock.
+        """
+        self._fingerprints.configure_search(ef_search=self._config.ef_search)
+        per_block = [
+            self._fingerprints.nearest(vector, model_id=model_id, limit=self._config.top_k)
+            for vector in embeddings
+        ]
+        if kind is EventKind.RECEIPT:
+            eligible = [[n for n in block if n.pallet_status != PalletStatus.IN_STOCK] for block in per_block]
+            return decide(
+                _neighbours(eligible), self._config.thresholds, max_candidates=self._config.max_candidates
+            )
+        in_stock = {
+            n.pallet_id for block in per_block for n in block if n.pallet_status == PalletStatus.IN_STOCK
+        }
+        return decide(
+            _neighbours(per_block),
+            self._config.thresholds,
+            preferred=in_stock,
+            max_candidates=self._config.max_candidates,
+        )
+
+    def _matched_or_new(self, pallet_id: uuid.UUID | None, now: datetime) -> tuple[Pallet, MatchDecision]:
+        """Row-lock the decided pallet, or register a new one when the vote found none."""
+        if pallet_id is not None:
+            pallet = self._pallets.get_for_update(pallet_id)
+            assert pallet is not None, "pallets are never deleted and fingerprints reference them"
+            return pallet, MatchDecision.MATCHED
+        pallet = Pallet(id=uuid.uuid4(), status=PalletStatus.IN_STOCK.value, first_seen=now, last_seen=now)
+        return self._pallets.add(pallet), MatchDecision.REGISTERED
+
+    def _replay(self, kind: EventKind, capture: Capture) -> MatchResult | None:
+        """The stored result of an earlier request with the same idempotency key, if any."""
+        assert capture.idempotency_key is not None
+        record = self._events.idempotency_key(kind.value, capture.idempotency_key)
+        if record is None:
+            return None
+        if record.request_digest != capture.request_digest:
+            raise IdempotencyConflictError(
+                f"Idempotency-Key {capture.idempotency_key!r} was already used for a different {kind.value}"
+            )
+        event = self._events.event(record.event_id)
+        assert event is not None, "idempotency keys reference their event (foreign key)"
+        return MatchResult.model_validate(event.result)
+
+
+def _neighbours(per_block: Sequence[Sequence[StoredNeighbour]]) -> list[list[Neighbour[uuid.UUID]]]:
+    return [[Neighbour(pallet=n.pallet_id, similarity=n.similarity) for n in block] for block in per_block]
+
+
+def _match_result(
+    event: Event,
+    pallet_id: uuid.UUID,
+    outcome: MatchDecision,
+    decision: Decision[uuid.UUID] | None,
+    model_id: str,
+) -> MatchResult:
+    return MatchResult(
+        event_id=event.id,
+        kind=EventKind(event.kind),
+        decision=outcome,
+        pallet_id=pallet_id,
+        score=event.score,
+        votes=event.votes,
+        blocks_compared=event.blocks_compared,
+        blocks=[
+            BlockMatch(position=block.position, pallet_id=block.pallet, similarity=block.similarity)
+            for block in (decision.blocks if decision is not None else [])
+        ],
+        candidates=[
+            CandidateMatch(pallet_id=candidate.pallet, votes=candidate.votes, score=candidate.score)
+            for candidate in (decision.candidates if decision is not None else [])
+        ],
+        model=model_id,
+    )

@@ -1,0 +1,1 @@
+"""Pallets: the identity register and its queries."""

@@ -1,0 +1,50 @@
+"""Service configuration: one settings class, read from ``PALLETREID_*`` environment variables.
+
+``DATABASE_URL`` is honoured without the prefix (the convention of container platforms); with neither set,
+``palletreid serve`` starts an embedded PostgreSQL in ``data_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.voting import VotingThresholds
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PALLETREID_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PALLETREID_DATABASE_URL", "DATABASE_URL"),
+        description="SQLAlchemy URL (postgresql+psycopg://...); unset means an embedded PostgreSQL.",
+    )
+    data_dir: Path = Field(default=Path("var"), description="Where the embedded PostgreSQL keeps its data.")
+    db_pool_size: int = Field(default=5, ge=1)
+
+    model_path: Path | None = Field(default=None, description="Checkpoint; unset means the shipped default.")
+    model_device: str = "cpu"
+    model_threads: int | None = Field(default=None, ge=1, description="torch threads for inference.")
+    embed_batch_size: int = Field(default=32, ge=1)
+
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Per uploaded block image.")
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Decompression-bomb guard.")
+    max_blocks: int = Field(default=12, ge=1)
+
+    # --- Matching thresholds: the ONE place to change them (defaults to be replaced by measured values). ---
+    block_threshold: float = Field(default=0.75, ge=-1.0, le=1.0, description="Min similarity for a vote.")
+    min_votes: int = Field(default=3, ge=1, description="Block votes a pallet needs to be matched.")
+    score_threshold: float = Field(default=0.6, ge=-1.0, le=1.0, description="Min mean block similarity.")
+    top_k: int = Field(default=20, ge=1, le=1000, description="Nearest stored blocks per query block.")
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list size.")
+    max_candidates: int = Field(default=5, ge=1, description="Candidates reported per match result.")
+
+    def voting_thresholds(self) -> VotingThresholds:
+        return VotingThresholds(
+            block_threshold=self.block_threshold,
+            min_votes=self.min_votes,
+            score_threshold=self.score_threshold,
+        )

@@ -1,0 +1,207 @@
+"""Inference checkpoints: PCB weights in safetensors with everything needed to use them in the header.
+
+The header carries the architecture, the preprocessing (input size, mean, std) and a ``model_id`` derived from
+the stored weights, so a fingerprint can always be traced to the exact model that produced it. Classifiers are
+training-only and are not stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from models.pcb import PCB, build_model
+from models.transforms import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT: Path = Path(__file__).resolve().parent / "checkpoints" / "pcb_resnet18.safetensors"
+"""The checkpoint shipped with the package and used when no path is given."""
+
+FORMAT_KEY = "palletreid_format"
+FORMAT_VERSION = "1"
+CLASSIFIER_PREFIX = "classifiers."
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not describe a usable PCB model."""
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    arch: str
+    num_parts: int
+    part_dim: int
+    part_axis: str
+    last_stride: int
+    image_height: int = DEFAULT_IMAGE_SIZE[0]
+    image_width: int = DEFAULT_IMAGE_SIZE[1]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    model_id: str = ""
+    """Filled in by ``save_checkpoint`` from the stored weights; leave empty when creating metadata."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Free-form training information (dataset, steps, losses, ...), stored as JSON."""
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.num_parts * self.part_dim
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.image_height, self.image_width)
+
+    @classmethod
+    def for_model(cls, model: PCB, **overrides: Any) -> CheckpointMetadata:
+        """Metadata describing ``model``'s architecture; preprocessing and training info via ``overrides``."""
+        return cls(
+            arch=model.arch,
+            num_parts=model.num_parts,
+            part_dim=model.part_dim,
+            part_axis=model.part_axis,
+            last_stride=model.last_stride,
+            **overrides,
+        )
+
+    def to_header(self) -> dict[str, str]:
+        header = {key: json.dumps(value) for key, value in asdict(self).items()}
+        header["embedding_dim"] = json.dumps(self.embedding_dim)
+        header[FORMAT_KEY] = FORMAT_VERSION
+        return header
+
+    @classmethod
+    def from_header(cls, header: dict[str, str], source: Path) -> CheckpointMetadata:
+        if header.get(FORMAT_KEY) != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source} is a safetensors file but not a palletreid checkpoint (format "
+                f"{header.get(FORMAT_KEY)!r}, expected {FORMAT_VERSION!r}); export one with "
+                "`palletreid train` or models.checkpoint.save_checkpoint"
+            )
+        values: dict[str, Any] = {}
+        try:
+            for item in fields(cls):
+                if item.name in header:
+                    values[item.name] = json.loads(header[item.name])
+            values["mean"] = tuple(float(v) for v in values["mean"])
+            values["std"] = tuple(float(v) for v in values["std"])
+            metadata = cls(**values)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"{source} has incomplete or invalid metadata ({error}); re-export it with `palletreid train`"
+            ) from error
+        stored_dim = header.get("embedding_dim")
+        if stored_dim is not None and json.loads(stored_dim) != metadata.embedding_dim:
+            raise CheckpointError(
+                f"{source} says embedding_dim={stored_dim} but num_parts*part_dim={metadata.embedding_dim}; "
+                "the file was edited or corrupted, re-export it"
+            )
+        return metadata
+
+
+def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous().cpu()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def inference_state(model: PCB, *, half: bool = False) -> dict[str, torch.Tensor]:
+    """The model's state without classifiers, optionally with floating tensors in fp16."""
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith(CLASSIFIER_PREFIX):
+            continue
+        tensor = tensor.detach().cpu()
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        state[key] = tensor.contiguous().clone()
+    return state
+
+
+def save_checkpoint(
+    model: PCB, path: Path, *, metadata: CheckpointMetadata, half: bool = False
+) -> CheckpointMetadata:
+    """Write the inference checkpoint of ``model`` to ``path``; returns the metadata with its ``model_id``."""
+    state = inference_state(model, half=half)
+    model_id = f"{model.arch}-p{model.num_parts}x{model.part_dim}-{_weights_digest(state)[:12]}"
+    final = replace(
+        metadata,
+        arch=model.arch,
+        num_parts=model.num_parts,
+        part_dim=model.part_dim,
+        part_axis=model.part_axis,
+        last_stride=model.last_stride,
+        model_id=model_id,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(state, str(temporary), metadata=final.to_header())
+    temporary.replace(path)
+    logger.info("saved checkpoint %s (%s)", path, model_id)
+    return final
+
+
+def read_metadata(path: Path) -> CheckpointMetadata:
+    """Read only the header of a checkpoint (cheap; no weights loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; train one with `palletreid train` or pass the path of an "
+            "exported .safetensors checkpoint"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable safetensors file ({error}); it may be truncated or a "
+            "Git LFS pointer: fetch or re-export it"
+        ) from error
+    return CheckpointMetadata.from_header(header, path)
+
+
+def load_checkpoint(path: Path) -> tuple[PCB, CheckpointMetadata]:
+    """Load an inference checkpoint into a float32 PCB in eval mode."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        model = build_model(
+            metadata.arch,
+            num_classes=0,
+            num_parts=metadata.num_parts,
+            part_dim=metadata.part_dim,
+            part_axis=metadata.part_axis,
+            last_stride=metadata.last_stride,
+        )
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {path} describes an unsupported model: {error}") from error
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} weights are unreadable ({error}); re-export it") from error
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(key for key in set(expected) & set(state) if expected[key].shape != state[key].shape)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"checkpoint {path} weights do not match its metadata ({metadata.arch}, "
+            f"{metadata.num_parts} parts x {metadata.part_dim}): missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shape {mismatched[:3]}; re-export it with `palletreid train`"
+        )
+    model.load_state_dict({key: value.to(expected[key].dtype) for key, value in state.items()})
+    model.eval()
+    return model, metadata

@@ -1,0 +1,547 @@
+"""Training of the PCB fingerprint network on block identities.
+
+Loss: mean per-part identity cross-entropy (optional label smoothing) plus an optional batch-hard triplet loss
+on the joined fingerprint, over P x K identity batches. The learning rate warms up linearly, then follows a
+cosine decay over the *progress* of the run, which is the larger of the step fraction (``max_steps`` or
+``epochs``) and the wall-clock fraction (``time_budget_minutes``); so a time-budgeted run still anneals fully.
+
+A run directory holds ``state.pt`` (full training state for ``--resume``), ``history.csv``,
+``training_curve.png``, ``config.json`` and the exported inference checkpoint ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.checkpoint import CheckpointMetadata, save_checkpoint
+from models.configs import DEFAULT_CONFIG
+from models.data import Capture, CaptureDataset, DatasetError, read_dataset
+from models.losses import batch_hard_triplet_loss, part_accuracy, part_cross_entropy
+from models.pcb import PCB, build_model, parts_to_fingerprint
+from models.sampler import PKBatchSampler
+from models.transforms import (
+    DEFAULT_IMAGE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentationConfig,
+    training_transform,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+EXPORT_FILE = "model.safetensors"
+HISTORY_FILE = "history.csv"
+CURVE_FILE = "training_curve.png"
+CONFIG_FILE = "config.json"
+
+
+class TrainingError(RuntimeError):
+    """The configuration, dataset or resume state cannot be used for training."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All knobs of a training run; the TOML config file uses exactly these keys.
+
+    Zero / empty values mean "not set" where noted, because TOML has no null.
+    """
+
+    data_dir: str = ""
+    out_dir: str = "runs/pcb"
+    # model
+    arch: str = "resnet18"
+    num_parts: int = 4
+    part_dim: int = 128
+    part_axis: str = "width"
+    last_stride: int = 1
+    weights: str = ""  # torchvision state dict for the backbone; empty: train from scratch
+    image_height: int = DEFAULT_IMAGE_SIZE[0]
+    image_width: int = DEFAULT_IMAGE_SIZE[1]
+    hflip_probability: float = 0.0
+    # batches
+    ids_per_batch: int = 8
+    instances_per_id: int = 4
+    # budget: training stops at the first limit reached; at least one must be set (> 0)
+    epochs: float = 0.0
+    max_steps: int = 0
+    time_budget_minutes: float = 0.0
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    classifier_lr_multiplier: float = 1.0
+    weight_decay: float = 0.02
+    momentum: float = 0.9
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.01
+    # loss
+    label_smoothing: float = 0.1
+    triplet: bool = True
+    triplet_margin: float = 0.3
+    triplet_weight: float = 1.0
+    # runtime
+    seed: int = 0
+    workers: int = 2
+    threads: int = 0  # 0: torch default
+    device: str = "cpu"
+    channels_last: bool = True
+    amp: bool = False  # bfloat16 autocast, CUDA only
+    checkpoint_every_steps: int = 250
+    log_every_steps: int = 25
+    export_half: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.ids_per_batch * self.instances_per_id
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.image_height, self.image_width)
+
+    def validate(self) -> None:
+        if not self.data_dir:
+            raise TrainingError("data_dir is not set (config key data_dir or --data)")
+        if self.epochs <= 0 and self.max_steps <= 0 and self.time_budget_minutes <= 0:
+            raise TrainingError("set at least one of epochs, max_steps, time_budget_minutes")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise TrainingError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
+        if self.ids_per_batch < 2:
+            raise TrainingError("ids_per_batch must be at least 2 (the triplet loss needs negatives)")
+        if self.checkpoint_every_steps < 1 or self.log_every_steps < 1:
+            raise TrainingError("checkpoint_every_steps and log_every_steps must be positive")
+
+
+_CONFIG_TYPES: dict[str, Any] = get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    expected = _CONFIG_TYPES[key]
+    if get_origin(expected) in (Union, types.UnionType):
+        expected = next(arg for arg in get_args(expected) if arg is not type(None))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and isinstance(value, Path):
+        return str(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise TrainingError(f"config key {key!r} expects {expected.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """A copy of ``config`` with ``overrides`` applied, type-checked against the config fields."""
+    unknown = sorted(set(overrides) - set(_CONFIG_TYPES))
+    if unknown:
+        raise TrainingError(f"unknown config keys {unknown}; known keys: {sorted(_CONFIG_TYPES)}")
+    return replace(config, **{key: _coerce(key, value) for key, value in overrides.items()})
+
+
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a TOML config (default: ``models/configs/default.toml``) and apply ``overrides``."""
+    source = path or DEFAULT_CONFIG
+    try:
+        values = tomllib.loads(Path(source).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise TrainingError(f"cannot read config {source}: {error}") from error
+    return apply_overrides(apply_overrides(TrainConfig(), values), overrides or {})
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` with a TOML value (``lr=3e-4``, ``triplet=false``); bare words are strings."""
+    key, separator, raw = text.partition("=")
+    if not separator or not key.strip():
+        raise TrainingError(f"expected key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    elapsed_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    metadata: CheckpointMetadata
+    steps: int
+    final_loss: float
+
+
+def _training_captures(data_dir: Path) -> list[Capture]:
+    """All captures, or only the ``split == "train"`` ones when the dataset has a split column."""
+    try:
+        captures = read_dataset(data_dir)
+        if any(capture.split is not None for capture in captures):
+            captures = read_dataset(data_dir, split="train")
+    except DatasetError as error:
+        raise TrainingError(str(error)) from error
+    return captures
+
+
+def _parameter_groups(model: PCB, config: TrainConfig) -> list[dict[str, Any]]:
+    """Backbone and classifier groups, each split so that biases and norm weights get no weight decay."""
+    groups: list[dict[str, Any]] = []
+    for name, modules, multiplier in (
+        ("backbone", [model.trunk, model.reductions], 1.0),
+        ("classifiers", [model.classifiers], config.classifier_lr_multiplier),
+    ):
+        parameters = [p for module in modules for p in module.parameters()]
+        decayed = [p for p in parameters if p.ndim > 1]
+        undecayed = [p for p in parameters if p.ndim <= 1]
+        for suffix, params, decay in (("", decayed, config.weight_decay), ("_no_decay", undecayed, 0.0)):
+            if params:
+                groups.append(
+                    {
+                        "name": name + suffix,
+                        "params": params,
+                        "weight_decay": decay,
+                        "lr_multiplier": multiplier,
+                    }
+                )
+    return groups
+
+
+def build_optimizer(model: PCB, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = _parameter_groups(model, config)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def learning_rate_factor(step: int, progress: float, config: TrainConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine from 1 to ``min_lr_ratio`` over the run's progress."""
+    cosine = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * min(progress, 1.0))
+    )
+    if step < config.warmup_steps:
+        return cosine * (step + 1) / config.warmup_steps
+    return cosine
+
+
+def _total_steps(config: TrainConfig, batches_per_epoch: int) -> int | None:
+    limits = []
+    if config.max_steps > 0:
+        limits.append(config.max_steps)
+    if config.epochs > 0:
+        limits.append(max(1, round(config.epochs * batches_per_epoch)))
+    return min(limits) if limits else None
+
+
+def _progress(state: RunState, total_steps: int | None, config: TrainConfig) -> float:
+    fractions = []
+    if total_steps is not None:
+        fractions.append(state.step / total_steps)
+    if config.time_budget_minutes > 0:
+        fractions.append(state.elapsed_seconds / (config.time_budget_minutes * 60))
+    return max(fractions)
+
+
+def _rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _save_state(
+    path: Path,
+    model: PCB,
+    optimizer: torch.optim.Optimizer,
+    state: RunState,
+    config: TrainConfig,
+    identities: list[str],
+) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": state.step,
+            "elapsed_seconds": state.elapsed_seconds,
+            "history": state.history,
+            "config": asdict(config),
+            "identities": identities,
+            "rng": _rng_states(),
+        },
+        temporary,
+    )
+    temporary.replace(path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read a saved training state (``state.pt`` or the run directory that holds it)."""
+    state_path = path / STATE_FILE if path.is_dir() else path
+    if not state_path.is_file():
+        raise TrainingError(
+            f"no training state at {state_path}; pass a run directory written by `palletreid train`"
+        )
+    loaded: dict[str, Any] = torch.load(state_path, map_location="cpu", weights_only=False)
+    return loaded
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    if not history:
+        return
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if len(values) < window or window < 2:
+        return values
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot_training_curve(history: list[dict[str, float]], path: Path) -> None:
+    """Loss terms and batch accuracy vs step (moving averages), as a PNG."""
+    if not history:
+        return
+    steps = np.array([row["step"] for row in history])
+    window = max(1, len(history) // 50)
+    figure = Figure(figsize=(8, 6))
+    loss_axis, accuracy_axis = figure.subplots(2, 1, sharex=True)
+    for key in ("loss", "cross_entropy", "triplet"):
+        values = _smooth(np.array([row[key] for row in history]), window)
+        loss_axis.plot(steps[len(steps) - len(values) :], values, label=key)
+    loss_axis.set_ylabel("loss")
+    loss_axis.legend()
+    loss_axis.grid(alpha=0.3)
+    accuracy = _smooth(np.array([row["accuracy"] for row in history]), window)
+    accuracy_axis.plot(steps[len(steps) - len(accuracy) :], accuracy, color="tab:green")
+    accuracy_axis.set_ylabel("batch accuracy")
+    accuracy_axis.set_xlabel("step")
+    accuracy_axis.set_ylim(0, 1)
+    accuracy_axis.grid(alpha=0.3)
+    figure.suptitle(f"PCB training ({len(history)} steps, moving average over {window})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
+    """Run (or resume) a training run and export its inference checkpoint."""
+    config.validate()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' requested but CUDA is not available")
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    data_dir = Path(config.data_dir)
+    captures = _training_captures(data_dir)
+    transform = training_transform(
+        config.image_size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        AugmentationConfig(horizontal_flip_probability=config.hflip_probability),
+    )
+    dataset = CaptureDataset(captures, transform)
+    identities = dataset.identities
+    logger.info("training on %d captures of %d identities from %s", len(captures), len(identities), data_dir)
+
+    model = build_model(
+        config.arch,
+        num_classes=len(identities),
+        num_parts=config.num_parts,
+        part_dim=config.part_dim,
+        part_axis=config.part_axis,
+        last_stride=config.last_stride,
+        weights=Path(config.weights) if config.weights else None,
+    )
+    optimizer = build_optimizer(model, config)
+    state = RunState()
+    if resume is not None:
+        saved = load_state(resume)
+        if saved["identities"] != identities:
+            raise TrainingError(
+                f"{resume} was trained on different identities than {data_dir}; cannot resume"
+            )
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = RunState(
+            step=saved["step"], elapsed_seconds=saved["elapsed_seconds"], history=saved["history"]
+        )
+        _restore_rng_states(saved["rng"])
+        logger.info("resumed from %s at step %d", resume, state.step)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+
+    sampler = PKBatchSampler(
+        dataset.labels,
+        config.ids_per_batch,
+        config.instances_per_id,
+        seed=config.seed,
+        start_batch=state.step,
+    )
+    loader: DataLoader[Any] = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed + state.step),
+    )
+    total_steps = _total_steps(config, sampler.batches_per_epoch)
+    use_amp = config.amp and device.type == "cuda"
+    logger.info(
+        "batch %d (%d ids x %d), %d batches per epoch, step limit %s, time budget %s min",
+        sampler.batch_size,
+        config.ids_per_batch,
+        config.instances_per_id,
+        sampler.batches_per_epoch,
+        total_steps,
+        config.time_budget_minutes or None,
+    )
+
+    progress_bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    batches = iter(loader)  # the P x K sampler is endless
+    last_save = state.step
+    try:
+        while _progress(state, total_steps, config) < 1.0:
+            started = time.perf_counter()
+            images, targets, _cameras = next(batches)
+            images = images.to(device, non_blocking=True)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
+            factor = learning_rate_factor(state.step, _progress(state, total_steps, config), config)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * group["lr_multiplier"] * factor
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                part_logits, part_features = model(images)
+            part_logits = [logits.float() for logits in part_logits]
+            cross_entropy = part_cross_entropy(part_logits, targets, config.label_smoothing)
+            triplet = (
+                batch_hard_triplet_loss(
+                    parts_to_fingerprint(part_features.float()), targets, config.triplet_margin
+                )
+                if config.triplet
+                else torch.zeros((), device=device)
+            )
+            loss = cross_entropy + config.triplet_weight * triplet
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {float(loss)} at step {state.step}; lower the learning rate"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            state.step += 1
+            state.elapsed_seconds += time.perf_counter() - started
+            row = {
+                "step": float(state.step),
+                "loss": float(loss.detach()),
+                "cross_entropy": float(cross_entropy.detach()),
+                "triplet": float(triplet.detach()),
+                "accuracy": part_accuracy([logits.detach() for logits in part_logits], targets),
+                "lr": config.lr * factor,
+            }
+            state.history.append(row)
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
+            if state.step % config.log_every_steps == 0:
+                recent = state.history[-config.log_every_steps :]
+                logger.info(
+                    "step %d loss %.4f (ce %.4f, triplet %.4f) acc %.3f lr %.2e %.2f s/step",
+                    state.step,
+                    np.mean([r["loss"] for r in recent]),
+                    np.mean([r["cross_entropy"] for r in recent]),
+                    np.mean([r["triplet"] for r in recent]),
+                    np.mean([r["accuracy"] for r in recent]),
+                    row["lr"],
+                    state.elapsed_seconds / max(1, len(state.history)),
+                )
+            if state.step - last_save >= config.checkpoint_every_steps:
+                _save_state(run_dir / STATE_FILE, model, optimizer, state, config, identities)
+                last_save = state.step
+    except KeyboardInterrupt:
+        logger.warning("interrupted at step %d; saving state and exporting", state.step)
+    finally:
+        progress_bar.close()
+        del batches  # stops the loader workers
+
+    _save_state(run_dir / STATE_FILE, model, optimizer, state, config, identities)
+    _write_history(run_dir / HISTORY_FILE, state.history)
+    plot_training_curve(state.history, run_dir / CURVE_FILE)
+    recent = state.history[-50:]
+    final_loss = float(np.mean([r["loss"] for r in recent])) if recent else float("nan")
+    metadata = CheckpointMetadata.for_model(
+        model,
+        image_height=config.image_height,
+        image_width=config.image_width,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        training={
+            "dataset": str(data_dir),
+            "identities": len(identities),
+            "captures": len(captures),
+            "steps": state.step,
+            "epochs": round(state.step / sampler.batches_per_epoch, 3),
+            "elapsed_minutes": round(state.elapsed_seconds / 60, 2),
+            "final_loss": round(final_loss, 4),
+            "final_accuracy": round(float(np.mean([r["accuracy"] for r in recent])), 4) if recent else None,
+            "config": asdict(config),
+        },
+    )
+    model.eval()
+    exported = save_checkpoint(
+        model.to("cpu").to(memory_format=torch.contiguous_format),
+        run_dir / EXPORT_FILE,
+        metadata=metadata,
+        half=config.export_half,
+    )
+    logger.info("exported %s to %s after %d steps", exported.model_id, run_dir / EXPORT_FILE, state.step)
+    return TrainResult(
+        run_dir=run_dir,
+        checkpoint=run_dir / EXPORT_FILE,
+        metadata=exported,
+        steps=state.step,
+        final_loss=final_loss,
+    )

@@ -1,0 +1,32 @@
+"""Helpers for the app tests: encoded noise images and hand-made fingerprint vectors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def noise_blocks(seed: int, count: int = 6, image_format: str = "PNG") -> list[bytes]:
+    """``count`` encoded random-noise block images; the same seed gives the same bytes."""
+    rng = np.random.default_rng(seed)
+    blobs = []
+    for _ in range(count):
+        image = Image.fromarray(rng.integers(0, 256, (48, 96, 3), dtype=np.uint8))
+        buffer = io.BytesIO()
+        image.save(buffer, format=image_format)
+        blobs.append(buffer.getvalue())
+    return blobs
+
+
+def block_files(
+    blobs: list[bytes], content_type: str = "image/png"
+) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("blocks", (f"block{i}.png", blob, content_type)) for i, blob in enumerate(blobs)]
+
+
+def unit_vectors(seed: int, count: int = 6, dim: int = 512) -> np.ndarray:
+    """Random unit vectors: nearly orthogonal to those of other seeds (cosine ~ 0 +- 0.05)."""
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -1,0 +1,172 @@
+"""Test fixtures: a real PostgreSQL with pgvector (migrated once, one rolled-back transaction per test),
+a tiny real checkpoint, and the app wired to both.
+
+``DATABASE_URL`` (e.g. the compose ``db`` service) is used when set; otherwise an embedded PostgreSQL
+(``pgserver``) is started in a temporary directory for the session. Fixtures are lazy: test modules that do
+not ask for a database never start one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from app.api.deps import get_session
+from app.db.migrations import upgrade_to_head
+from app.db.session import normalise_database_url, unit_of_work
+from app.main import create_app
+from app.settings import Settings
+from models.checkpoint import CheckpointMetadata, save_checkpoint
+from models.pcb import build_model
+
+FreshDatabase = Callable[[], AbstractContextManager[str]]
+SettingsFactory = Callable[..., Settings]
+
+TINY_IMAGE_SIZE = (32, 64)
+"""Input size of the test checkpoint: small, so the API tests stay fast on two CPU cores."""
+
+
+@pytest.fixture(scope="session")
+def database_server_url() -> Iterator[str]:
+    """URL of the PostgreSQL server used by the tests (its default database)."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield normalise_database_url(configured)
+        return
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="palletreid-pg-") as data_dir:
+        server = pgserver.get_server(Path(data_dir) / "pgdata", cleanup_mode="stop")
+        yield normalise_database_url(server.get_uri())
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def fresh_database(database_server_url: str) -> FreshDatabase:
+    """Factory of empty, throw-away databases on the test server (dropped afterwards)."""
+
+    @contextmanager
+    def create() -> Iterator[str]:
+        name = f"palletreid_test_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(database_server_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(database_server_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def database_url(fresh_database: FreshDatabase) -> Iterator[str]:
+    """A database migrated to head once for the whole test session."""
+    with fresh_database() as url:
+        upgrade_to_head(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    """A connection inside a transaction that is rolled back after the test: tests never see each other."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        yield connection
+        transaction.rollback()
+
+
+@pytest.fixture
+def session_factory(connection: Connection) -> Callable[[], Session]:
+    """Sessions on the test connection; their commits and rollbacks only touch SAVEPOINTs."""
+
+    def factory() -> Session:
+        return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+    return factory
+
+
+@pytest.fixture
+def session(session_factory: Callable[[], Session]) -> Iterator[Session]:
+    with session_factory() as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def make_settings() -> SettingsFactory:
+    """Settings for an app under test. Random-weight fingerprints of different noise images reach ~0.99
+    cosine similarity and identical images ~1.0, hence the strict thresholds."""
+
+    def build(database_url: str, model_path: Path, **overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": database_url,
+            "model_path": model_path,
+            "model_threads": 1,
+            "block_threshold": 0.995,
+            "min_votes": 3,
+            "score_threshold": 0.995,
+            "top_k": 10,
+            **overrides,
+        }
+        return Settings.model_validate(values)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight PCB (512-dim fingerprints) at a small input size: identical images still match."""
+    torch.manual_seed(0)
+    model = build_model(
+        "resnet18", num_classes=0, num_parts=4, part_dim=128, part_axis="width", last_stride=1, weights=None
+    )
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.safetensors"
+    metadata = CheckpointMetadata.for_model(
+        model, image_height=TINY_IMAGE_SIZE[0], image_width=TINY_IMAGE_SIZE[1], training={"purpose": "tests"}
+    )
+    save_checkpoint(model, path, metadata=metadata)
+    return path
+
+
+@pytest.fixture(scope="session")
+def app_client(
+    database_url: str, tiny_checkpoint: Path, make_settings: SettingsFactory
+) -> Iterator[TestClient]:
+    """The app with its lifespan run once (model loaded once) for all API tests."""
+    app = create_app(make_settings(database_url, tiny_checkpoint))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def client(app_client: TestClient, session_factory: Callable[[], Session]) -> Iterator[TestClient]:
+    """The app, its request sessions bound to this test's rolled-back connection."""
+
+    def test_session() -> Iterator[Session]:
+        with unit_of_work(session_factory) as session:
+            yield session
+
+    app = app_client.app
+    app.dependency_overrides[get_session] = test_session  # type: ignore[attr-defined]
+    yield app_client
+    app.dependency_overrides.clear()  # type: ignore[attr-defined]
