@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -30,6 +33,8 @@ class PalletReidError(Exception):
 
     status_code: int = 500
     error_type: str = "internal_error"
+    headers: ClassVar[Mapping[str, str] | None] = None
+    """Response headers that go with the error (``WWW-Authenticate``, ``Retry-After``)."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -76,6 +81,13 @@ class ImageTooLargeError(PalletReidError):
     error_type = "image_too_large"
 
 
+class RequestTooLargeError(PalletReidError):
+    """The request body exceeds the limit for the allowed number of block images."""
+
+    status_code = 413
+    error_type = "request_too_large"
+
+
 class InvalidCursorError(InvalidRequestError):
     """The pagination cursor is malformed."""
 
@@ -89,11 +101,41 @@ class IdempotencyConflictError(PalletReidError):
     error_type = "idempotency_conflict"
 
 
+class AuthenticationError(PalletReidError):
+    """No API key, or one the service does not know."""
+
+    status_code = 401
+    error_type = "unauthenticated"
+    headers: ClassVar[Mapping[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDeniedError(PalletReidError):
+    """The API key's role does not allow this operation."""
+
+    status_code = 403
+    error_type = "forbidden"
+
+
+RETRY_AFTER_SECONDS = 5
+"""What 503 responses tell clients to wait before retrying."""
+
+
 class ServiceNotReadyError(PalletReidError):
     """The service cannot serve requests yet."""
 
     status_code = 503
     error_type = "not_ready"
+    headers: ClassVar[Mapping[str, str] | None] = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+class DatabaseUnavailableError(ServiceNotReadyError):
+    """The database is down, restarting or refused the work for a transient reason; retry later."""
+
+    error_type = "database_unavailable"
+
+
+class ConfigurationError(RuntimeError):
+    """The service is configured so that it must not start; the message says what to change."""
 
 
 def error_responses(*errors: type[PalletReidError]) -> dict[int | str, dict[str, object]]:
@@ -115,13 +157,31 @@ def error_responses(*errors: type[PalletReidError]) -> dict[int | str, dict[str,
     }
 
 
-def _render(status_code: int, error_type: str, detail: str) -> JSONResponse:
-    return JSONResponse(status_code=status_code, content={"type": error_type, "detail": detail})
+def _render(
+    status_code: int, error_type: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    content = {"type": error_type, "detail": detail}
+    return JSONResponse(status_code=status_code, content=content, headers=headers)
+
+
+def _is_transient_database_error(error: Exception) -> bool:
+    """Connection lost or refused, server shutting down, deadlock or serialisation failure: worth a retry."""
+    if isinstance(error, OperationalError | InterfaceError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 async def _domain_error_handler(request: Request, error: Exception) -> JSONResponse:
     if isinstance(error, PalletReidError):
-        return _render(error.status_code, error.error_type, error.detail)
+        return _render(error.status_code, error.error_type, error.detail, error.headers)
+    if _is_transient_database_error(error):
+        logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, error)
+        unavailable = DatabaseUnavailableError("the database is unavailable; retry later")
+        return _render(503, unavailable.error_type, unavailable.detail, unavailable.headers)
+    if isinstance(error, DataError):
+        # Input validation should stop every value PostgreSQL cannot store; this is the safety net.
+        logger.warning("database rejected data on %s %s: %s", request.method, request.url.path, error.orig)
+        return _render(422, InvalidRequestError.error_type, "a value in the request cannot be stored")
     if isinstance(error, RequestValidationError):
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg', '')}"
@@ -129,7 +189,9 @@ async def _domain_error_handler(request: Request, error: Exception) -> JSONRespo
         )
         return _render(422, "validation_error", problems)
     if isinstance(error, StarletteHTTPException):
-        return _render(error.status_code, "http_error", str(error.detail))
+        # Raised by the framework: malformed multipart (400), body over the limit (413), unknown route (404).
+        error_type = RequestTooLargeError.error_type if error.status_code == 413 else "http_error"
+        return _render(error.status_code, error_type, str(error.detail), error.headers)
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return _render(500, "internal_error", "internal server error")
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageTypeError
+
+logger = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 
@@ -33,11 +36,17 @@ def decode_image(data: bytes, *, max_pixels: int, name: str) -> Image.Image:
             if width * height > max_pixels:
                 raise ImageTooLargeError(f"{name}: {width}x{height} exceeds {max_pixels} pixels")
             image.load()
-            upright = ImageOps.exif_transpose(image)
+            upright = ImageOps.exif_transpose(image).convert("RGB")
+    except (ImageTooLargeError, InvalidImageError):
+        raise
     except UnidentifiedImageError as error:
         raise UnsupportedImageTypeError(f"{name}: not a JPEG, PNG or WebP image") from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageTooLargeError(f"{name}: image is too large to decode safely") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise InvalidImageError(f"{name}: cannot decode image ({error})") from error
-    return upright.convert("RGB")
+    except Exception as error:
+        # Decoders of hostile bytes fail in many ways (struct.error, IndexError, ...): all mean a bad image.
+        logger.info("%s: decoder failed with %s: %s", name, type(error).__name__, error)
+        raise InvalidImageError(f"{name}: cannot decode image") from error
+    return upright

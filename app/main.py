@@ -8,13 +8,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.limits import BodySizeLimitMiddleware
 from app.db.session import build_engine, build_session_factory
-from app.errors import install_error_handlers
+from app.db.tables import EMBEDDING_DIM
+from app.errors import ConfigurationError, install_error_handlers
 from app.events.router import router as events_router
 from app.health.router import router as health_router
 from app.inference import ModelRunner
 from app.matching.router import router as matching_router
 from app.pallets.router import router as pallets_router
+from app.security import KeyRing, warn_auth_disabled
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -24,7 +27,37 @@ DESCRIPTION = """Re-identify wooden Euro pallets from images of their blocks.
 Post the block images of a pallet at receipt (`/v1/receipts`) or dispatch (`/v1/dispatches`); the service
 identifies the pallet by fingerprint voting or registers a new one, and keeps its status and history.
 Errors are JSON `{"type", "detail"}`.
+
+Authenticate with an API key in `X-API-Key` (or `Authorization: Bearer <key>`): role `station` posts
+receipts and dispatches, `reader` reads pallets and events, `admin` may do both. `/healthz` and
+`/readyz` are open.
 """
+
+
+def load_model(settings: Settings) -> ModelRunner:
+    """Load the fingerprint model, or raise ``ConfigurationError`` saying how to fix the configuration."""
+    from models.checkpoint import CheckpointError
+
+    try:
+        runner = ModelRunner.load(
+            settings.model_path,
+            device=settings.model_device,
+            num_threads=settings.model_threads,
+            batch_size=settings.embed_batch_size,
+        )
+    except CheckpointError as error:
+        raise ConfigurationError(
+            f"cannot load the fingerprint model: {error}. Set PALLETREID_MODEL_PATH to a checkpoint made by "
+            "`palletreid train`."
+        ) from error
+    if runner.embedding_dim != EMBEDDING_DIM:
+        runner.close()
+        raise ConfigurationError(
+            f"model {runner.model_id} makes {runner.embedding_dim}-dim fingerprints but the database stores "
+            f"{EMBEDDING_DIM}-dim ones; set PALLETREID_MODEL_PATH to a checkpoint with {EMBEDDING_DIM}-dim "
+            "fingerprints (e.g. 4 parts x 128 dims)"
+        )
+    return runner
 
 
 @asynccontextmanager
@@ -32,16 +65,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Create the engine and load the model once; release both on shutdown."""
     settings: Settings = app.state.settings
     if not settings.database_url:
-        raise RuntimeError("no database configured: set DATABASE_URL or start with `palletreid serve`")
+        raise ConfigurationError("no database configured: set DATABASE_URL or start with `palletreid serve`")
+    try:
+        runner = load_model(settings)
+    except ConfigurationError as error:
+        logger.error("not starting: %s", error)
+        raise
     engine = build_engine(settings.database_url, pool_size=settings.db_pool_size)
     app.state.session_factory = build_session_factory(engine)
-    runner = ModelRunner.load(
-        settings.model_path,
-        device=settings.model_device,
-        num_threads=settings.model_threads,
-        batch_size=settings.embed_batch_size,
-    )
     app.state.model_runner = runner
+    if not app.state.key_ring.enabled:
+        warn_auth_disabled()
     logger.info(
         "serving with database %s, model %s (%d dims); thresholds: block %.3f, votes %d, score %.3f, "
         "top-k %d",
@@ -62,15 +96,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API; raises ``ConfigurationError`` for unusable API key settings."""
+    settings = settings if settings is not None else Settings()
     app = FastAPI(
         title="palletreid",
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        form_limits={
+            # Room for a few blocks too many (answered with a precise 422), not for thousands of tiny parts.
+            "max_files": 4 * settings.max_blocks,
+            "max_fields": 16,
+            "max_part_size": settings.max_form_field_bytes,
+        },
     )
-    app.state.settings = settings if settings is not None else Settings()
+    app.state.settings = settings
+    app.state.key_ring = KeyRing.from_settings(settings)
     app.state.model_runner = None
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     for router in (matching_router, pallets_router, events_router, health_router):
         app.include_router(router)
     return app

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.voting import VotingThresholds
 
@@ -31,8 +33,26 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(default=32, ge=1)
 
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Per uploaded block image.")
-    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Decompression-bomb guard.")
+    max_image_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Decompression-bomb guard: 24 MP photos pass, small files declaring huge images do not.",
+    )
     max_blocks: int = Field(default=12, ge=1)
+    max_form_field_bytes: int = Field(
+        default=64 * 1024, ge=1, description="Per non-file form field (the multipart parser's part limit)."
+    )
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "API keys as a JSON list or comma-separated entries `role:secret` or `role:name:secret`; "
+            "a secret of 64 hex digits is the SHA-256 of the key. Roles: station, reader, admin."
+        ),
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="File with one API key entry (same format) per line; # starts a comment."
+    )
 
     # --- Matching thresholds: the ONE place to change them (defaults to be replaced by measured values). ---
     block_threshold: float = Field(default=0.75, ge=-1.0, le=1.0, description="Min similarity for a vote.")
@@ -41,6 +61,21 @@ class Settings(BaseSettings):
     top_k: int = Field(default=20, ge=1, le=1000, description="Nearest stored blocks per query block.")
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list size.")
     max_candidates: int = Field(default=5, ge=1, description="Candidates reported per match result.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: object) -> object:
+        """Accept a JSON list or a comma/newline-separated string (easier to write in an env file)."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [entry.strip() for entry in value.replace("\n", ",").split(",") if entry.strip()]
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Largest acceptable request body: every allowed block at its size limit plus the form fields."""
+        return self.max_blocks * self.max_image_bytes + 16 * self.max_form_field_bytes
 
     def voting_thresholds(self) -> VotingThresholds:
         return VotingThresholds(

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,12 +252,14 @@ def build_open_set(
     *,
     unknown_fraction: float,
     seed: int = 0,
+    query_where: Mapping[str, str] | None = None,
 ) -> OpenSetProtocol:
     """Receipt gallery and dispatch queries from a dataset with pallet / block structure.
 
     A *capture event* is all block captures of one pallet with the same camera and frame. Gallery: the first
     event (by frame) of every known pallet on a gallery camera. Queries: every event of every pallet (known
     and unknown) on the other cameras, with the block order shuffled. Unknown pallets have no gallery entry.
+    ``query_where`` keeps only query events whose captures carry these attribute values (e.g. ``aged=1``).
     """
     events: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for index, capture in enumerate(captures):
@@ -286,6 +288,8 @@ def build_open_set(
     query_cameras: set[str] = set()
     for (pallet, camera, _frame), rows in sorted(events.items()):
         if camera in gallery_set or (pallet in known_set and pallet not in registered):
+            continue
+        if not all(matches_attributes(captures[row], query_where) for row in rows):
             continue
         query_cameras.add(camera)
         shuffled = np.asarray(rows)[rng.permutation(len(rows))]
@@ -383,11 +387,14 @@ def evaluate_checkpoint(
     num_threads: int | None = None,
     device: str = "cpu",
     seed: int = 0,
+    query_where: Mapping[str, str] | None = None,
 ) -> EvaluationReport:
     """Embed ``dataset_root`` with ``checkpoint`` (None: the shipped one) and measure it.
 
     ``split`` keeps only the rows of that split. ``thresholds=None`` calibrates the voting thresholds on this
-    data (optimistic figures; use held-out data with the calibrated thresholds for honest ones). With
+    data (optimistic figures; use held-out data with the calibrated thresholds for honest ones).
+    ``query_where`` restricts the queries (block and pallet level) to captures with these attribute values,
+    e.g. ``{"aged": "1"}`` for the long-term-change figures; the gallery is unaffected. With
     ``out_dir``, the embeddings are cached there and the plots written into it; the report is returned, not
     written.
     """
@@ -397,13 +404,21 @@ def evaluate_checkpoint(
     embeddings = embed_captures(embedder, captures, batch_size=batch_size, cache=cache)
 
     query_index, gallery_index = _split_indices(captures)
+    query_index = [i for i in query_index if matches_attributes(captures[i], query_where)]
+    if not query_index:
+        raise ValueError(f"no query captures match {dict(query_where or {})}")
     block, distances = block_level(captures, embeddings, query_index, gallery_index)
 
     pallet: PalletEvaluation | None = None
     if all(c.position is not None for c in captures):
         gallery_cameras = sorted({captures[i].camera for i in gallery_index})
         protocol = build_open_set(
-            captures, embeddings, gallery_cameras, unknown_fraction=unknown_fraction, seed=seed
+            captures,
+            embeddings,
+            gallery_cameras,
+            unknown_fraction=unknown_fraction,
+            seed=seed,
+            query_where=query_where,
         )
         pallet = pallet_level(
             protocol,
@@ -432,6 +447,11 @@ def evaluate_checkpoint(
         pallet=pallet.report if pallet else None,
         plots=plots,
     )
+
+
+def matches_attributes(capture: Capture, required: Mapping[str, str] | None) -> bool:
+    """Whether the capture's metadata attributes carry every required value (no requirement: always)."""
+    return not required or all(capture.attributes.get(key) == value for key, value in required.items())
 
 
 def _split_indices(captures: Sequence[Capture]) -> tuple[list[int], list[int]]:

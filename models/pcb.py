@@ -5,6 +5,8 @@ feature map that is average-pooled into ``num_parts`` stripes along the width (o
 reduced by its own 1x1 conv + BN + ReLU to ``part_dim`` channels. During training every part has its own
 identity classifier; at inference the parts are L2-normalised, joined and scaled by ``1/sqrt(num_parts)`` so
 the fingerprint has unit norm and the cosine similarity of two fingerprints is the mean of their part cosines.
+Each image is standardised per channel first (``standardize_images``), so camera exposure and colour balance
+do not have to be learnt away.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def _set_last_stride(resnet: tv_models.ResNet, stride: int) -> None:
     strided_conv.stride = (stride, stride)
     if first_block.downsample is not None:
         first_block.downsample[0].stride = (stride, stride)
+
+
+def standardize_images(images: Tensor) -> Tensor:
+    """Per-image, per-channel zero mean and unit variance.
+
+    Removes exposure, contrast and white balance, which vary between camera stations and say nothing about
+    the block, before the network sees the image: the wood's texture and marks are what is left.
+    """
+    mean = images.mean(dim=(2, 3), keepdim=True)
+    std = images.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+    return (images - mean) / std
 
 
 def parts_to_fingerprint(part_features: Tensor) -> Tensor:
@@ -116,7 +129,7 @@ class PCB(nn.Module):
 
     def part_features(self, images: Tensor) -> Tensor:
         """(batch, 3, H, W) normalised images -> (batch, num_parts, part_dim) part features."""
-        feature_map = self.part_pool(self.trunk(images))
+        feature_map = self.part_pool(self.trunk(standardize_images(images)))
         stripes = feature_map.flatten(2)  # (batch, channels, num_parts) for either axis
         parts = [
             reduction(stripes[:, :, index, None, None]).flatten(1)

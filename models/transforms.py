@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-DEFAULT_IMAGE_SIZE: tuple[int, int] = (112, 192)
+DEFAULT_IMAGE_SIZE: tuple[int, int] = (96, 160)
 """Default network input as (height, width)."""
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)

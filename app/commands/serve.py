@@ -48,12 +48,19 @@ def serve(args: argparse.Namespace) -> int:
 
     from app.db.embedded import embedded_postgres
     from app.db.migrations import upgrade_to_head
+    from app.errors import ConfigurationError
     from app.main import create_app
+    from app.security import KeyRing, ensure_safe_bind
     from app.settings import Settings
 
     settings = Settings()
     if args.data_dir is not None:
         settings = settings.model_copy(update={"data_dir": args.data_dir})
+    try:
+        ensure_safe_bind(args.host, KeyRing.from_settings(settings))
+    except ConfigurationError as error:
+        logger.error("%s", error)
+        return 2
     # uvicorn re-raises the SIGTERM it handled after shutting down; turn it into SystemExit so the
     # embedded database below is stopped instead of the process dying on the spot.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

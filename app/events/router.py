@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from app.api.deps import SessionDep
+from app.api.deps import SessionDep, require_role
+from app.api.validation import Timestamp
 from app.db.tables import EventKind
-from app.errors import InvalidCursorError, error_responses
+from app.errors import (
+    AuthenticationError,
+    DatabaseUnavailableError,
+    InvalidCursorError,
+    PermissionDeniedError,
+    error_responses,
+)
 from app.events.schemas import EventPage
 from app.events.service import EventService
+from app.security import Role
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
+router = APIRouter(
+    prefix="/v1/events",
+    tags=["events"],
+    dependencies=[Depends(require_role(Role.READER))],
+    responses=error_responses(AuthenticationError, PermissionDeniedError, DatabaseUnavailableError),
+)
 
 
 @router.get("", responses=error_responses(InvalidCursorError))
 def list_events(
     session: SessionDep,
     since: Annotated[
-        datetime | None, Query(description="Only events recorded at or after this time.")
+        Timestamp | None, Query(description="Only events recorded at or after this time.")
     ] = None,
     kind: Annotated[EventKind | None, Query(description="Only receipts or only dispatches.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, UploadFile
 from sqlalchemy.orm import Session
 
-from app.api.deps import EmbedderDep, SessionDep, SettingsDep
+from app.api.deps import EmbedderDep, SessionDep, SettingsDep, StationDep
+from app.api.validation import ShortText, Timestamp
 from app.db.tables import EventKind
 from app.errors import (
+    AuthenticationError,
+    DatabaseUnavailableError,
     IdempotencyConflictError,
     ImageTooLargeError,
     InvalidImageError,
     InvalidRequestError,
     PalletNotFoundError,
-    ServiceNotReadyError,
+    PermissionDeniedError,
+    RequestTooLargeError,
     UnsupportedImageTypeError,
     error_responses,
 )
@@ -25,27 +29,33 @@ from app.images import decode_image, read_limited
 from app.inference import ModelRunner
 from app.matching.schemas import MatchResult
 from app.matching.service import Capture, MatchingConfig, MatchingService
+from app.security import Principal
 from app.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["matching"])
 
 _ERRORS = error_responses(
+    AuthenticationError,
+    PermissionDeniedError,
     InvalidImageError,
     PalletNotFoundError,
     ImageTooLargeError,
+    RequestTooLargeError,
     UnsupportedImageTypeError,
     IdempotencyConflictError,
-    ServiceNotReadyError,
+    DatabaseUnavailableError,
 )
 
 BlocksField = Annotated[
     list[UploadFile],
     File(description="1 to 12 block images (JPEG, PNG or WebP); repeat the field, order = block position."),
 ]
-ExternalRefField = Annotated[str | None, Form(max_length=200, description="Delivery note / ASN reference.")]
-SiteField = Annotated[str | None, Form(max_length=200, description="Site (warehouse) code.")]
-GateField = Annotated[str | None, Form(max_length=200, description="Gate or dock door.")]
-CapturedAtField = Annotated[datetime | None, Form(description="When the images were taken (ISO 8601).")]
+ExternalRefField = Annotated[ShortText | None, Form(description="Delivery note / ASN reference.")]
+SiteField = Annotated[ShortText | None, Form(description="Site (warehouse) code.")]
+GateField = Annotated[ShortText | None, Form(description="Gate or dock door.")]
+CapturedAtField = Annotated[Timestamp | None, Form(description="When the images were taken (ISO 8601).")]
 PalletIdField = Annotated[
     uuid.UUID | None, Form(description="Attach to this known pallet instead of identifying it.")
 ]
@@ -53,6 +63,7 @@ IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        min_length=1,
         max_length=255,
         description="Retry-safe key; a retry returns the same result.",
     ),
@@ -67,6 +78,7 @@ def _record(
     session: Session,
     embedder: ModelRunner,
     settings: Settings,
+    principal: Principal,
 ) -> MatchResult:
     if not 1 <= len(blocks) <= settings.max_blocks:
         raise InvalidRequestError(f"send 1 to {settings.max_blocks} block images, got {len(blocks)}")
@@ -82,12 +94,24 @@ def _record(
     if idempotency_key is not None:
         capture = capture.with_idempotency_key(idempotency_key, kind, blobs)
     service = MatchingService(session, MatchingConfig.from_settings(settings))
-    return service.record(kind, embeddings, model_id=embedder.model_id, capture=capture)
+    result = service.record(kind, embeddings, model_id=embedder.model_id, capture=capture)
+    logger.info(
+        "%s by key %s (role %s): event %d, %s pallet %s, %d blocks",
+        kind.value,
+        principal.name,
+        principal.role.value,
+        result.event_id,
+        result.decision.value,
+        result.pallet_id,
+        len(blocks),
+    )
+    return result
 
 
 @router.post("/receipts", status_code=201, responses=_ERRORS)
 def create_receipt(
     blocks: BlocksField,
+    principal: StationDep,
     session: SessionDep,
     embedder: EmbedderDep,
     settings: SettingsDep,
@@ -106,12 +130,15 @@ def create_receipt(
         captured_at=captured_at,
         pallet_id=pallet_id,
     )
-    return _record(EventKind.RECEIPT, blocks, capture, idempotency_key, session, embedder, settings)
+    return _record(
+        EventKind.RECEIPT, blocks, capture, idempotency_key, session, embedder, settings, principal
+    )
 
 
 @router.post("/dispatches", status_code=201, responses=_ERRORS)
 def create_dispatch(
     blocks: BlocksField,
+    principal: StationDep,
     session: SessionDep,
     embedder: EmbedderDep,
     settings: SettingsDep,
@@ -130,4 +157,6 @@ def create_dispatch(
         captured_at=captured_at,
         pallet_id=pallet_id,
     )
-    return _record(EventKind.DISPATCH, blocks, capture, idempotency_key, session, embedder, settings)
+    return _record(
+        EventKind.DISPATCH, blocks, capture, idempotency_key, session, embedder, settings, principal
+    )

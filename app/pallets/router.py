@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from app.api.deps import SessionDep
+from app.api.deps import SessionDep, require_role
+from app.api.validation import ShortText, Timestamp
 from app.db.tables import PalletStatus
-from app.errors import InvalidCursorError, PalletNotFoundError, error_responses
+from app.errors import (
+    AuthenticationError,
+    DatabaseUnavailableError,
+    InvalidCursorError,
+    PalletNotFoundError,
+    PermissionDeniedError,
+    error_responses,
+)
 from app.events.schemas import EventPage
 from app.pallets.schemas import PalletOut, PalletPage
 from app.pallets.service import PalletService
+from app.security import Role
 
-router = APIRouter(prefix="/v1/pallets", tags=["pallets"])
+router = APIRouter(
+    prefix="/v1/pallets",
+    tags=["pallets"],
+    dependencies=[Depends(require_role(Role.READER))],
+    responses=error_responses(AuthenticationError, PermissionDeniedError, DatabaseUnavailableError),
+)
 
 LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]
 CursorQuery = Annotated[str | None, Query(description="next_cursor of the previous page.")]
@@ -25,12 +38,12 @@ CursorQuery = Annotated[str | None, Query(description="next_cursor of the previo
 def list_pallets(
     session: SessionDep,
     status: Annotated[PalletStatus | None, Query(description="Only pallets with this status.")] = None,
-    site: Annotated[str | None, Query(description="Only pallets seen at this site.")] = None,
+    site: Annotated[ShortText | None, Query(description="Only pallets seen at this site.")] = None,
     external_ref: Annotated[
-        str | None, Query(description="Only pallets with an event of this reference.")
+        ShortText | None, Query(description="Only pallets with an event of this reference.")
     ] = None,
     seen_since: Annotated[
-        datetime | None, Query(description="Only pallets seen at or after this time.")
+        Timestamp | None, Query(description="Only pallets seen at or after this time.")
     ] = None,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,

@@ -74,7 +74,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the block-order shuffling of queries")
+    parser.add_argument(
+        "--query-where",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="keep only queries whose metadata.csv column has this value, e.g. aged=1 for long-term change "
+        "figures (repeatable; the gallery is unaffected)",
+    )
     parser.set_defaults(handler=run)
+
+
+def _parse_query_where(assignments: list[str]) -> dict[str, str]:
+    required: dict[str, str] = {}
+    for assignment in assignments:
+        column, separator, value = assignment.partition("=")
+        if not separator or not column:
+            raise ValueError(f"--query-where expects COLUMN=VALUE, got {assignment!r}")
+        required[column.strip()] = value.strip()
+    return required
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             num_threads=args.threads,
             device=args.device,
             seed=args.seed,
+            query_where=_parse_query_where(args.query_where),
         )
     except (OSError, ValueError, CheckpointError) as error:
         logger.error("evaluation failed: %s", error)

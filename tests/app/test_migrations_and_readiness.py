@@ -6,7 +6,6 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-import torch
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
@@ -17,8 +16,6 @@ from app.db.migrations import downgrade_to_base, head_revisions, upgrade_to_head
 from app.db.tables import EMBEDDING_DIM, HNSW_INDEX_NAME
 from app.main import create_app
 from app.settings import Settings
-from models.checkpoint import CheckpointMetadata, save_checkpoint
-from models.pcb import build_model
 
 FreshDatabase = Callable[[], AbstractContextManager[str]]
 SettingsFactory = Callable[..., Settings]
@@ -69,24 +66,6 @@ def test_ready_with_migrated_database_and_matching_model(
         assert body["embedding_dim"] == EMBEDDING_DIM
         assert body["schema_revision"] == sorted(head_revisions())
         assert client.get("/healthz").json() == {"status": "ok"}
-
-
-def test_not_ready_when_model_size_differs_from_the_column(
-    database_url: str, tmp_path: Path, make_settings: SettingsFactory
-) -> None:
-    torch.manual_seed(0)
-    model = build_model(
-        "resnet18", num_classes=0, num_parts=4, part_dim=64, part_axis="width", last_stride=1, weights=None
-    )
-    path = tmp_path / "small.safetensors"
-    save_checkpoint(
-        model, path, metadata=CheckpointMetadata.for_model(model, image_height=32, image_width=64)
-    )
-    with TestClient(create_app(make_settings(database_url, path))) as client:
-        response = client.get("/readyz")
-    assert response.status_code == 503
-    assert response.json()["type"] == "not_ready"
-    assert f"embedding_dim 256 != fingerprints column dimension {EMBEDDING_DIM}" in response.json()["detail"]
 
 
 def test_not_ready_before_migrations(

@@ -1,0 +1,34 @@
+"""Value checks shared by request parameters: what PostgreSQL can store and Python can read back.
+
+PostgreSQL text cannot hold NUL bytes, and a timestamp far in the past can be stored but not read back into
+a Python ``datetime`` (year 0 after conversion to UTC); both would surface as 500s, so they are 422s here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+PRINTABLE_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+"""No control characters (NUL, newlines, escapes): keeps values storable and log lines honest."""
+
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _within_timestamp_range(value: datetime) -> datetime:
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not EARLIEST_TIMESTAMP <= aware <= LATEST_TIMESTAMP:
+        raise ValueError(
+            f"must lie between {EARLIEST_TIMESTAMP.isoformat()} and {LATEST_TIMESTAMP.isoformat()}"
+        )
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_within_timestamp_range)]
+"""An ISO 8601 date-time within a range PostgreSQL and Python both handle (naive values are UTC)."""
+
+ShortText = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE_TEXT_PATTERN)]
+"""A label such as a site, gate or delivery reference."""

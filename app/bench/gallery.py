@@ -1,0 +1,276 @@
+"""Large galleries in the service's own tables, seeded by bulk COPY instead of through the HTTP API.
+
+Plausible fingerprints: the real fingerprints of a few hundred synthetic block captures (embedded by the
+model under test) are the *bases*. A gallery fingerprint takes, for each of its ``p`` parts independently, the
+part of a random base (rescaled to unit norm), adds isotropic gaussian noise of norm ~``noise``, renormalises
+the part and scales the joined vector by ``1/sqrt(p)``, exactly as ``models.pcb.parts_to_fingerprint`` does.
+Mixing parts of different bases gives far more distinct fingerprints than bases while keeping the similarity
+statistics of real parts (the expected cosine of a perturbed part to its base is ``1/sqrt(1 + noise**2)``).
+
+Each seeded pallet gets a ``registered`` receipt event and six fingerprints, like a real receipt. The HNSW
+index is dropped before loading and rebuilt afterwards (far faster than maintaining it row by row), and the
+rows that benchmark dispatches add are deleted before the gallery grows again, so every measurement sees only
+the seeded gallery (whose float16 copy here is the ground truth of exact search).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector
+from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import make_url
+from sqlalchemy.schema import CreateIndex
+from tqdm import tqdm
+
+from app.db.base import Base
+from app.db.tables import (
+    EMBEDDING_DIM,
+    HNSW_INDEX_NAME,
+    EventKind,
+    Fingerprint,
+    MatchDecision,
+    PalletStatus,
+)
+from models.synth import BLOCKS_PER_PALLET
+
+logger = logging.getLogger(__name__)
+
+COPY_CHUNK_PALLETS = 5_000
+
+
+def libpq_url(database_url: str) -> str:
+    """The SQLAlchemy URL as a libpq connection string (``postgresql://``) for psycopg."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def perturbed_fingerprints(
+    bases: np.ndarray, count: int, *, num_parts: int, noise: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``count`` unit fingerprints mixed part-wise from ``bases`` with gaussian noise (module docstring)."""
+    dim = bases.shape[1]
+    part_dim = dim // num_parts
+    unit_parts = bases.reshape(len(bases), num_parts, part_dim) * math.sqrt(num_parts)
+    chosen = rng.integers(0, len(bases), size=(count, num_parts))
+    parts = unit_parts[chosen, np.arange(num_parts)[None, :]]
+    parts = parts + rng.standard_normal(parts.shape, dtype=np.float32) * (noise / math.sqrt(part_dim))
+    parts /= np.linalg.norm(parts, axis=2, keepdims=True)
+    return (parts.reshape(count, dim) / math.sqrt(num_parts)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GalleryStats:
+    pallets: int
+    fingerprints: int
+    copy_s: float
+    index_build_s: float
+    heap_bytes: int
+    hnsw_index_bytes: int
+    fingerprints_total_bytes: int
+    database_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Gallery:
+    """The seeded gallery: real pallets first (their enrol fingerprints), then plausible synthetic pallets."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        model_id: str,
+        num_parts: int,
+        real_fingerprints: np.ndarray,
+        noise: float,
+        seed: int,
+    ) -> None:
+        if real_fingerprints.ndim != 3 or real_fingerprints.shape[1:] != (BLOCKS_PER_PALLET, EMBEDDING_DIM):
+            raise ValueError(f"real fingerprints must be (pallets, 6, {EMBEDDING_DIM})")
+        self._conninfo = libpq_url(database_url)
+        self.model_id = model_id
+        self.num_parts = num_parts
+        self.noise = noise
+        self.bases = real_fingerprints.reshape(-1, EMBEDDING_DIM)
+        self._real = real_fingerprints
+        self._rng = np.random.default_rng(seed)
+        self.vectors = np.empty((0, EMBEDDING_DIM), dtype=np.float16)
+        """Every seeded fingerprint, as stored (halfvec); row ``i`` has database id ``i + 1``."""
+        self.pallet_ids: list[uuid.UUID] = []
+        """Seeded pallets in order; the first ``len(real_fingerprints)`` are the real pallets."""
+        self._index_sql = str(
+            CreateIndex(
+                next(
+                    i
+                    for i in Base.metadata.tables[Fingerprint.__tablename__].indexes
+                    if i.name == HNSW_INDEX_NAME
+                )
+            ).compile(dialect=postgresql.dialect())
+        )
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        connection = psycopg.connect(self._conninfo, autocommit=autocommit)
+        register_vector(connection)
+        return connection
+
+    @property
+    def pallets(self) -> int:
+        return len(self.pallet_ids)
+
+    def real_pallet_ids(self) -> list[uuid.UUID]:
+        return self.pallet_ids[: len(self._real)]
+
+    def grow_to(self, pallets: int) -> GalleryStats:
+        """Add pallets until the gallery holds ``pallets``, rebuild the HNSW index and report sizes."""
+        if pallets < max(self.pallets, len(self._real)):
+            raise ValueError(f"cannot grow a gallery of {self.pallets} pallets to {pallets}")
+        with self.connect(autocommit=True) as connection:
+            connection.execute(f"DROP INDEX IF EXISTS {HNSW_INDEX_NAME}")
+            self._forget_requests(connection)
+        started = time.perf_counter()
+        with self.connect() as connection:
+            chunks = [self.vectors]
+            seeded_rows = len(self.vectors)
+            with tqdm(total=pallets - self.pallets, desc=f"seed {pallets} pallets", unit="pallet") as bar:
+                while self.pallets < pallets:
+                    count = min(COPY_CHUNK_PALLETS, pallets - self.pallets)
+                    vectors, pallet_ids = self._copy_chunk(
+                        connection, count, first_fingerprint=seeded_rows + 1
+                    )
+                    chunks.append(vectors)
+                    seeded_rows += len(vectors)
+                    self.pallet_ids.extend(pallet_ids)
+                    bar.update(count)
+            self.vectors = np.concatenate(chunks)
+            for table in ("events", "fingerprints"):
+                connection.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+                )
+            connection.commit()
+        copy_s = time.perf_counter() - started
+        index_build_s = self.build_index()
+        with self.connect(autocommit=True) as connection:
+            connection.execute("VACUUM ANALYZE pallets, events, fingerprints")
+            sizes = connection.execute(
+                "SELECT pg_relation_size('fingerprints'), pg_relation_size(%s), "
+                "pg_total_relation_size('fingerprints'), pg_database_size(current_database())",
+                (HNSW_INDEX_NAME,),
+            ).fetchone()
+        assert sizes is not None
+        stats = GalleryStats(
+            pallets=self.pallets,
+            fingerprints=len(self.vectors),
+            copy_s=round(copy_s, 2),
+            index_build_s=round(index_build_s, 2),
+            heap_bytes=sizes[0],
+            hnsw_index_bytes=sizes[1],
+            fingerprints_total_bytes=sizes[2],
+            database_bytes=sizes[3],
+        )
+        logger.info("gallery: %s", stats)
+        return stats
+
+    def build_index(self) -> float:
+        """(Re)create the service's HNSW index with enough maintenance memory for its graph; seconds taken."""
+        rows = len(self.vectors)
+        memory_mb = max(64, math.ceil(rows * 2 * (EMBEDDING_DIM * 2 + 16 * 2 * 8) / 2**20))
+        with self.connect(autocommit=True) as connection:
+            connection.execute(f"SET maintenance_work_mem = '{memory_mb}MB'")
+            logger.info("building the HNSW index over %d fingerprints", rows)
+            started = time.perf_counter()
+            connection.execute(self._index_sql)
+            return time.perf_counter() - started
+
+    def _forget_requests(self, connection: psycopg.Connection[Any]) -> None:
+        """Delete what benchmark dispatches wrote after seeding and put every pallet back in stock."""
+        seeded_events = self.pallets
+        connection.execute("DELETE FROM fingerprints WHERE id > %s", (len(self.vectors),))
+        connection.execute("DELETE FROM idempotency_keys WHERE event_id > %s", (seeded_events,))
+        connection.execute("DELETE FROM events WHERE id > %s", (seeded_events,))
+        connection.execute(
+            "DELETE FROM pallets p WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.pallet_id = p.id)"
+        )
+        connection.execute("UPDATE pallets SET status = %s WHERE status <> %s", (PalletStatus.IN_STOCK,) * 2)
+
+    def _copy_chunk(
+        self, connection: psycopg.Connection[Any], count: int, *, first_fingerprint: int
+    ) -> tuple[np.ndarray, list[uuid.UUID]]:
+        """COPY ``count`` more pallets with one receipt event and six fingerprints each."""
+        real_left = max(0, len(self._real) - self.pallets)
+        from_real = self._real[self.pallets : self.pallets + min(count, real_left)].reshape(-1, EMBEDDING_DIM)
+        synthetic = perturbed_fingerprints(
+            self.bases,
+            (count - len(from_real) // BLOCKS_PER_PALLET) * BLOCKS_PER_PALLET,
+            num_parts=self.num_parts,
+            noise=self.noise,
+            rng=self._rng,
+        )
+        vectors = np.concatenate([from_real, synthetic]).astype(np.float16)
+        pallet_ids = [uuid.UUID(bytes=self._rng.bytes(16), version=4) for _ in range(count)]
+        first_event = self.pallets + 1
+        now = datetime.now(UTC)
+        with connection.cursor() as cursor:
+            with cursor.copy(
+                "COPY pallets (id, status, first_seen, last_seen) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["uuid", "varchar", "timestamptz", "timestamptz"])
+                for pallet_id in pallet_ids:
+                    copy.write_row((pallet_id, PalletStatus.IN_STOCK.value, now, now))
+            with cursor.copy(
+                "COPY events (id, pallet_id, kind, decision, votes, blocks_compared, model_id, recorded_at, "
+                "result) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(
+                    ["int8", "uuid", "varchar", "varchar", "int4", "int4", "varchar", "timestamptz", "jsonb"]
+                )
+                for offset, pallet_id in enumerate(pallet_ids):
+                    copy.write_row(
+                        (
+                            first_event + offset,
+                            pallet_id,
+                            EventKind.RECEIPT.value,
+                            MatchDecision.REGISTERED.value,
+                            0,
+                            0,
+                            self.model_id,
+                            now,
+                            Jsonb({}),
+                        )
+                    )
+            with cursor.copy(
+                "COPY fingerprints (id, pallet_id, event_id, model_id, position, embedding) "
+                "FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int8", "uuid", "int8", "varchar", "int2", "halfvec"])
+                for row, vector in enumerate(vectors):
+                    pallet = row // BLOCKS_PER_PALLET
+                    copy.write_row(
+                        (
+                            first_fingerprint + row,
+                            pallet_ids[pallet],
+                            first_event + pallet,
+                            self.model_id,
+                            row % BLOCKS_PER_PALLET,
+                            HalfVector(vector),
+                        )
+                    )
+        return vectors, pallet_ids
+
+
+def service_hnsw_m() -> int:
+    """The ``m`` of the service's HNSW index, as declared on the table."""
+    index = next(
+        i for i in Base.metadata.tables[Fingerprint.__tablename__].indexes if i.name == HNSW_INDEX_NAME
+    )
+    return int(index.dialect_options["postgresql"]["with"]["m"])

@@ -1,0 +1,250 @@
+"""End-to-end dispatch latency over HTTP, and the database's share of it.
+
+The real app runs under uvicorn in a subprocess on 127.0.0.1 (a free port), configured through its usual
+``PALLETREID_*`` environment; asyncio httpx clients post six real JPEG block captures per dispatch with a
+fixed number of requests in flight. Separately, the identification a dispatch runs in the database
+(advisory lock, six HNSW queries, the vote) is timed in-process through ``MatchingService.identify``, and the
+model's share through ``Embedder.embed`` on the same six images, to tell which of the two limits throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from app.bench.timing import latency_summary
+from app.db.session import build_engine, build_session_factory
+from app.db.tables import EventKind
+from app.images import decode_image
+from app.matching.service import MatchingConfig, MatchingService
+from app.settings import Settings
+from models.inference import Embedder
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+P50_TARGET_MS = 200.0
+P99_TARGET_MS = 400.0
+TARGET_GALLERY = 100_000
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    base_url: str
+    pid: int
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the server process (Linux ``/proc``), ``None`` where unavailable."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+
+@contextmanager
+def running_server(
+    database_url: str, checkpoint: Path, *, threads: int | None, startup_timeout_s: float = 300.0
+) -> Iterator[RunningServer]:
+    """``uvicorn app.main:create_app`` on a free loopback port until the block ends."""
+    port = free_port()
+    env = {**os.environ, "PALLETREID_DATABASE_URL": database_url, "PALLETREID_MODEL_PATH": str(checkpoint)}
+    if threads is not None:
+        env["PALLETREID_MODEL_THREADS"] = str(threads)
+    command = [
+        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        "--host", LOOPBACK, "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env)
+    server = RunningServer(base_url=f"http://{LOOPBACK}:{port}", pid=process.pid)
+    try:
+        _wait_ready(server, process, startup_timeout_s)
+        logger.info("service under test running at %s (pid %d)", server.base_url, process.pid)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(server: RunningServer, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=server.base_url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the service under test exited with status {process.returncode}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+    raise RuntimeError(f"the service under test was not ready within {timeout_s:.0f} s")
+
+
+@dataclass(frozen=True)
+class DispatchOutcome:
+    seconds: float
+    status: int
+    pallet_id: str | None
+
+
+async def _post_dispatch(client: httpx.AsyncClient, blocks: Sequence[bytes]) -> DispatchOutcome:
+    files = [("blocks", (f"block{position}.jpg", blob, "image/jpeg")) for position, blob in enumerate(blocks)]
+    started = time.perf_counter()
+    response = await client.post("/v1/dispatches", files=files)
+    seconds = time.perf_counter() - started
+    pallet_id = response.json().get("pallet_id") if response.status_code == 201 else None
+    return DispatchOutcome(seconds=seconds, status=response.status_code, pallet_id=pallet_id)
+
+
+async def _load(
+    base_url: str, payloads: Sequence[Sequence[bytes]], *, concurrency: int, requests: int, warmup: int
+) -> tuple[list[tuple[int, DispatchOutcome]], float]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
+        for index in range(warmup):
+            await _post_dispatch(client, payloads[index % len(payloads)])
+        counter = itertools.count()
+        outcomes: list[tuple[int, DispatchOutcome]] = []
+
+        async def worker() -> None:
+            while (index := next(counter)) < requests:
+                outcomes.append((index, await _post_dispatch(client, payloads[index % len(payloads)])))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return outcomes, time.perf_counter() - started
+
+
+def http_dispatch_load(
+    server: RunningServer,
+    payloads: Sequence[Sequence[bytes]],
+    expected: Sequence[uuid.UUID],
+    *,
+    concurrency: int,
+    requests: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Latency percentiles and throughput of ``requests`` dispatches with ``concurrency`` in flight."""
+    outcomes, wall_s = asyncio.run(
+        _load(server.base_url, payloads, concurrency=concurrency, requests=requests, warmup=warmup)
+    )
+    ok = [outcome for _, outcome in outcomes if outcome.status == 201]
+    failed = len(outcomes) - len(ok)
+    if failed:
+        logger.warning(
+            "%d of %d dispatches failed (statuses %s)", failed, len(outcomes), {o.status for _, o in outcomes}
+        )
+    matched = sum(outcome.pallet_id == str(expected[index % len(expected)]) for index, outcome in outcomes)
+    return {
+        "concurrency": concurrency,
+        "requests": len(outcomes),
+        "failed": failed,
+        "pallets_per_s": round(len(ok) / wall_s, 2),
+        "matched_expected_pallet": round(matched / len(outcomes), 3),
+        **latency_summary([outcome.seconds for outcome in ok]),
+    }
+
+
+def identify_breakdown(
+    database_url: str,
+    embedder: Embedder,
+    payloads: Sequence[Sequence[bytes]],
+    query_fingerprints: np.ndarray,
+    settings: Settings,
+    *,
+    repeats: int,
+) -> dict[str, Any]:
+    """Per-dispatch time of the database identification vs the model on the same six images."""
+    engine = build_engine(database_url, pool_size=1)
+    config = MatchingConfig.from_settings(settings)
+    db_seconds = []
+    try:
+        factory = build_session_factory(engine)
+        for index in range(repeats):
+            with factory() as session:
+                started = time.perf_counter()
+                MatchingService(session, config).identify(
+                    EventKind.DISPATCH,
+                    query_fingerprints[index % len(query_fingerprints)],
+                    model_id=embedder.model_id,
+                )
+                db_seconds.append(time.perf_counter() - started)
+                session.rollback()
+    finally:
+        engine.dispose()
+    embed_seconds = []
+    for index in range(repeats):
+        blobs = payloads[index % len(payloads)]
+        started = time.perf_counter()
+        images = [decode_image(blob, max_pixels=settings.max_image_pixels, name="bench") for blob in blobs]
+        embedder.embed(images, batch_size=settings.embed_batch_size)
+        embed_seconds.append(time.perf_counter() - started)
+    db = latency_summary(db_seconds)
+    embed = latency_summary(embed_seconds)
+    return {
+        "top_k": settings.top_k,
+        "ef_search": settings.hnsw_ef_search,
+        "identify_db": db,
+        "embed_six_blocks": embed,
+        "bound_by": "network" if embed["p50_ms"] >= db["p50_ms"] else "database",
+    }
+
+
+def latency_targets(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """p50/p99 at concurrency 1 and the throughput bound at the largest measured gallery."""
+    if not rows:
+        return {}
+    largest = max(rows, key=lambda row: row["pallets"])
+    single = next((run for run in largest["runs"] if run["concurrency"] == 1), None)
+    note = "" if largest["pallets"] >= TARGET_GALLERY else f" (target is for {TARGET_GALLERY} pallets)"
+    targets: dict[str, dict[str, Any]] = {}
+    if single is not None:
+        targets["p50_ms_concurrency_1"] = {
+            "pallets": largest["pallets"],
+            "target": f"<= {P50_TARGET_MS:g}{note}",
+            "value": single["p50_ms"],
+            "met": single["p50_ms"] <= P50_TARGET_MS,
+        }
+        targets["p99_ms_concurrency_1"] = {
+            "pallets": largest["pallets"],
+            "target": f"<= {P99_TARGET_MS:g}{note}",
+            "value": single["p99_ms"],
+            "met": single["p99_ms"] <= P99_TARGET_MS,
+        }
+    targets["bound_by_network"] = {
+        "pallets": largest["pallets"],
+        "target": "network forward, not database" + note,
+        "value": largest["breakdown"]["bound_by"],
+        "met": largest["breakdown"]["bound_by"] == "network",
+    }
+    return targets
