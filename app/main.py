@@ -16,6 +16,7 @@ from app.events.router import router as events_router
 from app.health.router import router as health_router
 from app.inference import ModelRunner
 from app.matching.router import router as matching_router
+from app.matching.service import MatchingConfig
 from app.pallets.router import router as pallets_router
 from app.security import KeyRing, warn_auth_disabled
 from app.settings import Settings
@@ -68,12 +69,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise ConfigurationError("no database configured: set DATABASE_URL or start with `palletreid serve`")
     try:
         runner = load_model(settings)
+        matching_config = MatchingConfig.from_settings(settings)
     except ConfigurationError as error:
         logger.error("not starting: %s", error)
         raise
     engine = build_engine(settings.database_url, pool_size=settings.db_pool_size)
     app.state.session_factory = build_session_factory(engine)
     app.state.model_runner = runner
+    app.state.matching_config = matching_config
     if not app.state.key_ring.enabled:
         warn_auth_disabled()
     logger.info(
@@ -82,10 +85,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.url.render_as_string(hide_password=True),
         runner.model_id,
         runner.embedding_dim,
-        settings.block_threshold,
-        settings.min_votes,
-        settings.score_threshold,
-        settings.top_k,
+        matching_config.thresholds.block_threshold,
+        matching_config.thresholds.min_votes,
+        matching_config.thresholds.score_threshold,
+        matching_config.top_k,
     )
     try:
         yield

@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.errors import ConfigurationError
+from models.metrics import DEFAULT_THRESHOLDS_FILE, DEFAULT_TOP_K, read_thresholds
 from models.voting import VotingThresholds
 
 
@@ -54,11 +56,24 @@ class Settings(BaseSettings):
         default=None, description="File with one API key entry (same format) per line; # starts a comment."
     )
 
-    # --- Matching thresholds: the ONE place to change them (defaults to be replaced by measured values). ---
-    block_threshold: float = Field(default=0.75, ge=-1.0, le=1.0, description="Min similarity for a vote.")
-    min_votes: int = Field(default=3, ge=1, description="Block votes a pallet needs to be matched.")
-    score_threshold: float = Field(default=0.6, ge=-1.0, le=1.0, description="Min mean block similarity.")
-    top_k: int = Field(default=20, ge=1, le=1000, description="Nearest stored blocks per query block.")
+    # --- Matching thresholds. They belong to the model: unset, they are the values calibrated for it by
+    # `palletreid evaluate --calibrate`, read from `thresholds_file` (for the shipped model
+    # models/checkpoints/voting_thresholds.json; the figures behind them are in its MODEL_CARD.md).
+    thresholds_file: Path = Field(
+        default=DEFAULT_THRESHOLDS_FILE, description="Calibrated thresholds of the model (JSON)."
+    )
+    block_threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="Min similarity for a vote (unset: calibrated)."
+    )
+    min_votes: int | None = Field(
+        default=None, ge=1, description="Block votes a pallet needs to be matched (unset: calibrated)."
+    )
+    score_threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="Min mean block similarity (unset: calibrated)."
+    )
+    top_k: int = Field(
+        default=DEFAULT_TOP_K, ge=1, le=1000, description="Nearest stored blocks per query block."
+    )
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list size.")
     max_candidates: int = Field(default=5, ge=1, description="Candidates reported per match result.")
 
@@ -78,8 +93,28 @@ class Settings(BaseSettings):
         return self.max_blocks * self.max_image_bytes + 16 * self.max_form_field_bytes
 
     def voting_thresholds(self) -> VotingThresholds:
+        """The explicitly set thresholds, the calibrated ones from ``thresholds_file`` for the rest."""
+        if (
+            self.block_threshold is not None
+            and self.min_votes is not None
+            and self.score_threshold is not None
+        ):
+            return VotingThresholds(self.block_threshold, self.min_votes, self.score_threshold)
+        try:
+            calibrated = read_thresholds(self.thresholds_file)
+        except (OSError, ValueError) as error:
+            raise ConfigurationError(
+                f"cannot read the matching thresholds from {self.thresholds_file} ({error}): set "
+                "PALLETREID_THRESHOLDS_FILE to the thresholds.json written by `palletreid evaluate "
+                "--calibrate` for this model, or set PALLETREID_BLOCK_THRESHOLD, PALLETREID_MIN_VOTES and "
+                "PALLETREID_SCORE_THRESHOLD"
+            ) from error
         return VotingThresholds(
-            block_threshold=self.block_threshold,
-            min_votes=self.min_votes,
-            score_threshold=self.score_threshold,
+            block_threshold=self.block_threshold
+            if self.block_threshold is not None
+            else calibrated.block_threshold,
+            min_votes=self.min_votes if self.min_votes is not None else calibrated.min_votes,
+            score_threshold=self.score_threshold
+            if self.score_threshold is not None
+            else calibrated.score_threshold,
         )

@@ -1,6 +1,6 @@
 """Image preprocessing: the single place for the default input size and normalisation.
 
-Block captures are wider than tall, so the default input is (height, width) = (112, 192). The values used to
+Block captures are wider than tall, so the default input is (height, width) = (96, 160). The values used to
 train a model travel with its checkpoint (``CheckpointMetadata``); these are only the defaults for new models.
 """
 

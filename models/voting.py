@@ -4,17 +4,19 @@ This is the one implementation of the decision rule: the service applies it to p
 evaluation applies it to distance matrices, so the measured figures are the figures of the service.
 
 Rule. Each query block looks up its top-k nearest stored block fingerprints (cosine similarity). For every
-pallet seen among a block's neighbours, the block's similarity to that pallet is the best similarity among that
-pallet's blocks (so block positions may be permuted freely). A block *votes* for the pallet it is most similar
-to, if that similarity clears ``block_threshold``. A pallet's *score* is the mean, over all compared query
-blocks, of the block's similarity to that pallet (0 where the pallet is not among the block's neighbours).
+pallet seen among a block's neighbours, the block's similarity to that pallet is the best similarity among
+that pallet's blocks (so block positions may be permuted freely). A block *votes* for the pallet it is most
+similar to, if that similarity clears ``block_threshold``. A pallet's *score* is the mean, over all compared
+query blocks, of the block's similarity to that pallet (0 where the pallet is not among the block's
+neighbours).
 A pallet is *matched* when its votes reach ``min_votes`` and its score reaches ``score_threshold``.
-Candidates are ranked by (preferred first, votes, score, id) so that ties resolve deterministically.
+Candidates are ranked by (votes, score, id), so ties resolve deterministically; among the candidates that
+clear the thresholds, preferred pallets win first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -74,8 +76,8 @@ class Decision(Generic[PalletKey]):
     candidates: list[Candidate[PalletKey]] = field(default_factory=list)
 
 
-def _candidate_order(candidate: Candidate[PalletKey]) -> tuple[bool, int, float, str]:
-    return (not candidate.preferred, -candidate.votes, -candidate.score, str(candidate.pallet))
+def _strength(candidate: Candidate[PalletKey]) -> tuple[int, float, str]:
+    return (-candidate.votes, -candidate.score, str(candidate.pallet))
 
 
 def decide(
@@ -87,7 +89,7 @@ def decide(
     """Aggregate per-block neighbours into one pallet decision.
 
     ``neighbours_per_block[i]`` are the neighbours of the query block at position ``i``, in any order.
-    ``preferred`` pallets (e.g. pallets in stock at dispatch) rank before the others among candidates that
+    ``preferred`` pallets (e.g. pallets in stock at dispatch) win over the others among candidates that
     clear the thresholds, and only then.
     """
     blocks_compared = len(neighbours_per_block)
@@ -114,24 +116,24 @@ def decide(
             BlockVote(position=position, pallet=nearest, similarity=nearest_similarity, counted=counted)
         )
 
-    candidates = rank_candidates(similarity_sums, votes, blocks_compared, preferred=frozenset())
-    accepted = [
-        c
-        for c in candidates
-        if c.votes >= thresholds.min_votes and c.score >= thresholds.score_threshold
-    ]
     preferred_set = frozenset(preferred)
-    if preferred_set and accepted:
-        accepted = sorted(
-            (
-                Candidate(pallet=c.pallet, votes=c.votes, score=c.score, preferred=c.pallet in preferred_set)
-                for c in accepted
-            ),
-            key=_candidate_order,
-        )
-    winner = accepted[0] if accepted else None
-    best = candidates[0] if candidates else None
-    reported = winner or best
+    candidates = sorted(
+        (
+            Candidate(
+                pallet=pallet,
+                votes=votes.get(pallet, 0),
+                score=total / blocks_compared,
+                preferred=pallet in preferred_set,
+            )
+            for pallet, total in similarity_sums.items()
+        ),
+        key=_strength,
+    )
+    accepted = [
+        c for c in candidates if c.votes >= thresholds.min_votes and c.score >= thresholds.score_threshold
+    ]
+    winner = min(accepted, key=lambda c: (not c.preferred, *_strength(c))) if accepted else None
+    reported = winner or (candidates[0] if candidates else None)
     return Decision(
         pallet=winner.pallet if winner else None,
         score=reported.score if reported else 0.0,
@@ -140,24 +142,3 @@ def decide(
         blocks=block_votes,
         candidates=candidates[:max_candidates],
     )
-
-
-def rank_candidates(
-    similarity_sums: Mapping[PalletKey, float],
-    votes: Mapping[PalletKey, int],
-    blocks_compared: int,
-    preferred: Collection[PalletKey],
-) -> list[Candidate[PalletKey]]:
-    """All pallets seen, best first, with their votes and mean similarity over the compared blocks."""
-    if blocks_compared == 0:
-        return []
-    candidates = [
-        Candidate(
-            pallet=pallet,
-            votes=votes.get(pallet, 0),
-            score=total / blocks_compared,
-            preferred=pallet in preferred,
-        )
-        for pallet, total in similarity_sums.items()
-    ]
-    return sorted(candidates, key=_candidate_order)

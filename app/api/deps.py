@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.db.session import unit_of_work
 from app.errors import AuthenticationError, PermissionDeniedError, ServiceNotReadyError
 from app.inference import ModelRunner
+from app.matching.service import MatchingConfig
 from app.security import ANONYMOUS, KeyRing, Principal, Role
 from app.settings import Settings
 
@@ -36,6 +37,11 @@ _bearer = HTTPBearer(
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_matching_config(request: Request) -> MatchingConfig:
+    config: MatchingConfig = request.app.state.matching_config
+    return config
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -90,6 +96,7 @@ def require_role(role: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+MatchingConfigDep = Annotated[MatchingConfig, Depends(get_matching_config)]
 StationDep = Annotated[Principal, Depends(require_role(Role.STATION))]
 """A camera station (or admin) is calling; the principal is logged with every write."""
 ReaderDep = Annotated[Principal, Depends(require_role(Role.READER))]

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Header, UploadFile
 from sqlalchemy.orm import Session
 
-from app.api.deps import EmbedderDep, SessionDep, SettingsDep, StationDep
+from app.api.deps import EmbedderDep, MatchingConfigDep, SessionDep, SettingsDep, StationDep
 from app.api.validation import ShortText, Timestamp
 from app.db.tables import EventKind
 from app.errors import (
@@ -78,6 +78,7 @@ def _record(
     session: Session,
     embedder: ModelRunner,
     settings: Settings,
+    config: MatchingConfig,
     principal: Principal,
 ) -> MatchResult:
     if not 1 <= len(blocks) <= settings.max_blocks:
@@ -93,7 +94,7 @@ def _record(
     embeddings = embedder.embed(images)
     if idempotency_key is not None:
         capture = capture.with_idempotency_key(idempotency_key, kind, blobs)
-    service = MatchingService(session, MatchingConfig.from_settings(settings))
+    service = MatchingService(session, config)
     result = service.record(kind, embeddings, model_id=embedder.model_id, capture=capture)
     logger.info(
         "%s by key %s (role %s): event %d, %s pallet %s, %d blocks",
@@ -115,6 +116,7 @@ def create_receipt(
     session: SessionDep,
     embedder: EmbedderDep,
     settings: SettingsDep,
+    config: MatchingConfigDep,
     external_ref: ExternalRefField = None,
     site: SiteField = None,
     gate: GateField = None,
@@ -131,7 +133,7 @@ def create_receipt(
         pallet_id=pallet_id,
     )
     return _record(
-        EventKind.RECEIPT, blocks, capture, idempotency_key, session, embedder, settings, principal
+        EventKind.RECEIPT, blocks, capture, idempotency_key, session, embedder, settings, config, principal
     )
 
 
@@ -142,6 +144,7 @@ def create_dispatch(
     session: SessionDep,
     embedder: EmbedderDep,
     settings: SettingsDep,
+    config: MatchingConfigDep,
     external_ref: ExternalRefField = None,
     site: SiteField = None,
     gate: GateField = None,
@@ -158,5 +161,5 @@ def create_dispatch(
         pallet_id=pallet_id,
     )
     return _record(
-        EventKind.DISPATCH, blocks, capture, idempotency_key, session, embedder, settings, principal
+        EventKind.DISPATCH, blocks, capture, idempotency_key, session, embedder, settings, config, principal
     )

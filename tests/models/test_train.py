@@ -100,7 +100,7 @@ def test_default_config_is_the_512_dim_resnet18_recipe() -> None:
     assert (config.arch, config.num_parts * config.part_dim, config.image_size) == (
         "resnet18",
         512,
-        (112, 192),
+        (96, 160),
     )
     assert (config.ids_per_batch, config.instances_per_id, config.label_smoothing) == (8, 4, 0.1)
     assert config.triplet and config.triplet_margin == 0.3
