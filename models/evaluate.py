@@ -253,13 +253,15 @@ def build_open_set(
     unknown_fraction: float,
     seed: int = 0,
     query_where: Mapping[str, str] | None = None,
+    gallery_where: Mapping[str, str] | None = None,
 ) -> OpenSetProtocol:
     """Receipt gallery and dispatch queries from a dataset with pallet / block structure.
 
     A *capture event* is all block captures of one pallet with the same camera and frame. Gallery: the first
     event (by frame) of every known pallet on a gallery camera. Queries: every event of every pallet (known
     and unknown) on the other cameras, with the block order shuffled. Unknown pallets have no gallery entry.
-    ``query_where`` keeps only query events whose captures carry these attribute values (e.g. ``aged=1``).
+    ``query_where`` / ``gallery_where`` keep only query / gallery events whose captures carry these attribute
+    values (e.g. ``aged=1``).
     """
     events: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for index, capture in enumerate(captures):
@@ -272,7 +274,12 @@ def build_open_set(
     gallery_pallets: list[str] = []
     registered: set[str] = set()
     for (pallet, camera, _frame), rows in sorted(events.items()):
-        if pallet in known_set and camera in gallery_set and pallet not in registered:
+        if (
+            pallet in known_set
+            and camera in gallery_set
+            and pallet not in registered
+            and all(matches_attributes(captures[row], gallery_where) for row in rows)
+        ):
             registered.add(pallet)
             gallery_rows.extend(rows)
             gallery_pallets.extend([pallet] * len(rows))
@@ -388,13 +395,15 @@ def evaluate_checkpoint(
     device: str = "cpu",
     seed: int = 0,
     query_where: Mapping[str, str] | None = None,
+    gallery_where: Mapping[str, str] | None = None,
 ) -> EvaluationReport:
     """Embed ``dataset_root`` with ``checkpoint`` (None: the shipped one) and measure it.
 
     ``split`` keeps only the rows of that split. ``thresholds=None`` calibrates the voting thresholds on this
     data (optimistic figures; use held-out data with the calibrated thresholds for honest ones).
     ``query_where`` restricts the queries (block and pallet level) to captures with these attribute values,
-    e.g. ``{"aged": "1"}`` for the long-term-change figures; the gallery is unaffected. With
+    e.g. ``{"aged": "1"}`` for the long-term-change figures; ``gallery_where`` does the same for the gallery.
+    With
     ``out_dir``, the embeddings are cached there and the plots written into it; the report is returned, not
     written.
     """
@@ -405,8 +414,12 @@ def evaluate_checkpoint(
 
     query_index, gallery_index = _split_indices(captures)
     query_index = [i for i in query_index if matches_attributes(captures[i], query_where)]
-    if not query_index:
-        raise ValueError(f"no query captures match {dict(query_where or {})}")
+    gallery_index = [i for i in gallery_index if matches_attributes(captures[i], gallery_where)]
+    if not query_index or not gallery_index:
+        raise ValueError(
+            f"no query captures match {dict(query_where or {})} or no gallery captures match "
+            f"{dict(gallery_where or {})}"
+        )
     block, distances = block_level(captures, embeddings, query_index, gallery_index)
 
     pallet: PalletEvaluation | None = None
@@ -419,6 +432,7 @@ def evaluate_checkpoint(
             unknown_fraction=unknown_fraction,
             seed=seed,
             query_where=query_where,
+            gallery_where=gallery_where,
         )
         pallet = pallet_level(
             protocol,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, UploadFile
@@ -109,57 +110,48 @@ def _record(
     return result
 
 
-@router.post("/receipts", status_code=201, responses=_ERRORS)
-def create_receipt(
-    blocks: BlocksField,
-    principal: StationDep,
-    session: SessionDep,
-    embedder: EmbedderDep,
-    settings: SettingsDep,
-    config: MatchingConfigDep,
-    external_ref: ExternalRefField = None,
-    site: SiteField = None,
-    gate: GateField = None,
-    captured_at: CapturedAtField = None,
-    pallet_id: PalletIdField = None,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> MatchResult:
-    """Record an arriving pallet: link a returning pallet or register a new one; it becomes in stock."""
-    capture = Capture(
-        site=site,
-        gate=gate,
-        external_ref=external_ref,
-        captured_at=captured_at,
-        pallet_id=pallet_id,
-    )
-    return _record(
-        EventKind.RECEIPT, blocks, capture, idempotency_key, session, embedder, settings, config, principal
-    )
+def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., MatchResult]:
+    """The route function of one event kind; receipts and dispatches take the same inputs."""
+
+    def record_event(
+        blocks: BlocksField,
+        principal: StationDep,
+        session: SessionDep,
+        embedder: EmbedderDep,
+        settings: SettingsDep,
+        config: MatchingConfigDep,
+        external_ref: ExternalRefField = None,
+        site: SiteField = None,
+        gate: GateField = None,
+        captured_at: CapturedAtField = None,
+        pallet_id: PalletIdField = None,
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> MatchResult:
+        capture = Capture(
+            site=site,
+            gate=gate,
+            external_ref=external_ref,
+            captured_at=captured_at,
+            pallet_id=pallet_id,
+        )
+        return _record(kind, blocks, capture, idempotency_key, session, embedder, settings, config, principal)
+
+    record_event.__name__ = record_event.__qualname__ = name
+    record_event.__doc__ = summary
+    return record_event
 
 
-@router.post("/dispatches", status_code=201, responses=_ERRORS)
-def create_dispatch(
-    blocks: BlocksField,
-    principal: StationDep,
-    session: SessionDep,
-    embedder: EmbedderDep,
-    settings: SettingsDep,
-    config: MatchingConfigDep,
-    external_ref: ExternalRefField = None,
-    site: SiteField = None,
-    gate: GateField = None,
-    captured_at: CapturedAtField = None,
-    pallet_id: PalletIdField = None,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> MatchResult:
-    """Record a leaving pallet (in-stock ones preferred, unknown ones registered); it becomes dispatched."""
-    capture = Capture(
-        site=site,
-        gate=gate,
-        external_ref=external_ref,
-        captured_at=captured_at,
-        pallet_id=pallet_id,
+create_receipt = router.post("/receipts", status_code=201, responses=_ERRORS)(
+    _event_endpoint(
+        EventKind.RECEIPT,
+        "create_receipt",
+        "Record an arriving pallet: link a returning pallet or register a new one; it becomes in stock.",
     )
-    return _record(
-        EventKind.DISPATCH, blocks, capture, idempotency_key, session, embedder, settings, config, principal
+)
+create_dispatch = router.post("/dispatches", status_code=201, responses=_ERRORS)(
+    _event_endpoint(
+        EventKind.DISPATCH,
+        "create_dispatch",
+        "Record a leaving pallet (in-stock ones preferred, unknown ones registered); it becomes dispatched.",
     )
+)

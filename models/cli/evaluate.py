@@ -82,15 +82,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep only queries whose metadata.csv column has this value, e.g. aged=1 for long-term change "
         "figures (repeatable; the gallery is unaffected)",
     )
+    parser.add_argument(
+        "--gallery-where",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="keep only gallery captures whose metadata.csv column has this value, e.g. aged=0 (repeatable)",
+    )
     parser.set_defaults(handler=run)
 
 
-def _parse_query_where(assignments: list[str]) -> dict[str, str]:
+def _parse_where(assignments: list[str]) -> dict[str, str]:
     required: dict[str, str] = {}
     for assignment in assignments:
         column, separator, value = assignment.partition("=")
         if not separator or not column:
-            raise ValueError(f"--query-where expects COLUMN=VALUE, got {assignment!r}")
+            raise ValueError(f"--query-where / --gallery-where expect COLUMN=VALUE, got {assignment!r}")
         required[column.strip()] = value.strip()
     return required
 
@@ -124,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
             num_threads=args.threads,
             device=args.device,
             seed=args.seed,
-            query_where=_parse_query_where(args.query_where),
+            query_where=_parse_where(args.query_where),
+            gallery_where=_parse_where(args.gallery_where),
         )
     except (OSError, ValueError, CheckpointError) as error:
         logger.error("evaluation failed: %s", error)

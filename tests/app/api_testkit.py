@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 from PIL import Image
+
+FreshDatabase = Callable[[], AbstractContextManager[str]]
+"""The ``fresh_database`` fixture: a context manager yielding the URL of an empty, throw-away database."""
 
 
 def noise_blocks(seed: int, count: int = 6, image_format: str = "PNG") -> list[bytes]:

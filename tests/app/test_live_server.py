@@ -16,20 +16,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
-from api_testkit import block_files, noise_blocks
+from api_testkit import FreshDatabase, block_files, noise_blocks
 from sqlalchemy import create_engine, text
 
 from app.db.migrations import upgrade_to_head
 from app.main import create_app
 from app.settings import Settings
 
-FreshDatabase = Callable[[], AbstractContextManager[str]]
 BLOCKS_PER_REQUEST = 4
 IN_FLIGHT = 24
 TIMEOUT = httpx.Timeout(60.0)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from api_testkit import FreshDatabase
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect, text
 
@@ -17,7 +17,6 @@ from app.db.tables import EMBEDDING_DIM, HNSW_INDEX_NAME
 from app.main import create_app
 from app.settings import Settings
 
-FreshDatabase = Callable[[], AbstractContextManager[str]]
 SettingsFactory = Callable[..., Settings]
 TABLES = {"pallets", "events", "fingerprints", "idempotency_keys"}
 
