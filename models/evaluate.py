@@ -34,6 +34,7 @@ from models.metrics import (
     decide_all,
     evaluate_rank,
     find_neighbours,
+    one_pallet_gallery_neighbours,
     open_set_figures,
     pallet_scores,
     sweep_thresholds,
@@ -89,6 +90,9 @@ class PalletLevelReport:
     at_thresholds: dict[str, float | int]
     calibration: dict[str, Any] | None
     sweep: list[SweepPoint]
+    one_pallet_gallery_false_match_rate: float
+    """Unknown queries wrongly matched when the gallery holds one single other pallet (a new deployment)."""
+    num_one_pallet_gallery_trials: int
 
 
 @dataclass(frozen=True)
@@ -329,18 +333,23 @@ def pallet_level(
     thresholds: VotingThresholds | None = None,
     thresholds_source: str = "given",
     max_unknown_match_rate: float = DEFAULT_MAX_UNKNOWN_MATCH_RATE,
+    seed: int = 0,
 ) -> PalletEvaluation:
     """Open-set figures at ``thresholds``, or at thresholds calibrated on these queries when ``None``."""
     neighbours = find_neighbours(protocol.queries, protocol.gallery, top_k=top_k)
+    one_pallet_trials = one_pallet_gallery_neighbours(protocol.queries, protocol.gallery, seed=seed)
     calibration: dict[str, Any] | None = None
     if thresholds is None:
         choice = choose_thresholds(
-            sweep_thresholds(neighbours), max_unknown_match_rate=max_unknown_match_rate
+            sweep_thresholds(neighbours),
+            max_unknown_match_rate=max_unknown_match_rate,
+            one_pallet_sweep=sweep_thresholds(one_pallet_trials),
         )
         thresholds = choice.thresholds
         thresholds_source = "calibrated"
         calibration = {"max_unknown_match_rate": max_unknown_match_rate, "target_met": choice.target_met}
     figures = open_set_figures(neighbours, [d.pallet for d in decide_all(neighbours, thresholds)])
+    one_pallet_matches = [d.pallet is not None for d in decide_all(one_pallet_trials, thresholds)]
     score_grid = sorted({*DEFAULT_SCORE_THRESHOLDS, thresholds.score_threshold})
     curve = sweep_thresholds(
         neighbours,
@@ -361,6 +370,10 @@ def pallet_level(
         at_thresholds=asdict(figures),
         calibration=calibration,
         sweep=[_sweep_point(t, f) for t, f in curve],
+        one_pallet_gallery_false_match_rate=float(np.mean(one_pallet_matches))
+        if one_pallet_matches
+        else math.nan,
+        num_one_pallet_gallery_trials=len(one_pallet_matches),
     )
     return PalletEvaluation(report=report, neighbours=neighbours, thresholds=thresholds)
 
@@ -440,6 +453,7 @@ def evaluate_checkpoint(
             thresholds=thresholds,
             thresholds_source=thresholds_source,
             max_unknown_match_rate=max_unknown_match_rate,
+            seed=seed,
         )
     else:
         logger.info("dataset has no block positions; skipping the pallet-level evaluation")
@@ -558,6 +572,8 @@ def format_summary(report: EvaluationReport) -> str:
             f"  unknown ({pallet.num_unknown_queries:4d} queries of {pallet.num_unknown_pallets} pallets): "
             f"registered {_pct(figures['unknown_registered_rate'])}  "
             f"wrongly matched {_pct(figures['unknown_false_match_rate'])}",
+            f"  unknown vs a one-pallet gallery ({pallet.num_one_pallet_gallery_trials} trials): "
+            f"wrongly matched {_pct(pallet.one_pallet_gallery_false_match_rate)}",
         ]
     return "\n".join(lines)
 

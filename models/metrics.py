@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -245,6 +246,33 @@ def find_neighbours(
     return result
 
 
+def one_pallet_gallery_neighbours(
+    queries: Sequence[PalletQuery], gallery: PalletGallery, *, pallets_per_query: int = 5, seed: int = 0
+) -> list[QueryNeighbours]:
+    """Every unknown query against galleries holding one single (other) pallet each.
+
+    A new deployment starts with an almost empty gallery. There, every block of an unknown pallet has the one
+    stored pallet as its nearest neighbour, so its votes are not split among many pallets as in a full
+    gallery: thresholds calibrated on a full gallery alone would match strangers to the first pallets stored.
+    """
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for row, pallet in enumerate(gallery.pallets):
+        rows_of[pallet].append(row)
+    names = sorted(rows_of)
+    rng = np.random.default_rng(seed)
+    trials: list[QueryNeighbours] = []
+    for query in queries:
+        if query.known:
+            continue
+        for index in rng.choice(len(names), size=min(pallets_per_query, len(names)), replace=False):
+            rows = rows_of[names[int(index)]]
+            single = PalletGallery(
+                embeddings=gallery.embeddings[rows], pallets=tuple(gallery.pallets[r] for r in rows)
+            )
+            trials.extend(find_neighbours([query], single, top_k=len(rows)))
+    return trials
+
+
 def decide_all(queries: Sequence[QueryNeighbours], thresholds: VotingThresholds) -> list[Decision[str]]:
     """The service's decision for every query."""
     return [decide(q.neighbours, thresholds) for q in queries]
@@ -434,7 +462,9 @@ class ThresholdChoice:
 
 
 def choose_thresholds(
-    sweep: ThresholdSweep, max_unknown_match_rate: float = DEFAULT_MAX_UNKNOWN_MATCH_RATE
+    sweep: ThresholdSweep,
+    max_unknown_match_rate: float = DEFAULT_MAX_UNKNOWN_MATCH_RATE,
+    one_pallet_sweep: ThresholdSweep | None = None,
 ) -> ThresholdChoice:
     """Thresholds that keep unknown pallets from being matched and identify as many known ones as possible.
 
@@ -442,23 +472,28 @@ def choose_thresholds(
     identification rate, then lowest unknown false-match rate, then the smallest score threshold, then fewest
     votes and lowest block threshold (the most permissive setting reaching that accuracy). When no grid point
     meets the target, the point with the lowest unknown false-match rate is taken and ``target_met`` is False.
+    ``one_pallet_sweep`` (a sweep over :func:`one_pallet_gallery_neighbours`, same grid) adds the same limit
+    for unknown pallets meeting a gallery of one pallet, as a new deployment does.
     """
     if sweep.num_unknown == 0 or sweep.num_known == 0:
         raise ValueError("calibration needs both known and unknown pallet queries")
-    feasible = sweep.unknown_false_match_rate <= max_unknown_match_rate + 1e-12
+    false_match = sweep.unknown_false_match_rate
+    if one_pallet_sweep is not None:
+        false_match = np.maximum(false_match, one_pallet_sweep.unknown_false_match_rate)
+    feasible = false_match <= max_unknown_match_rate + 1e-12
     target_met = bool(feasible.any())
     if not target_met:
         logger.warning(
             "no threshold keeps unknown false matches at or below %.4f; taking the lowest reachable",
             max_unknown_match_rate,
         )
-        feasible = sweep.unknown_false_match_rate <= sweep.unknown_false_match_rate.min() + 1e-12
+        feasible = false_match <= false_match.min() + 1e-12
     best: tuple[float, float, float, int, float] | None = None
     best_index: tuple[int, int, int] = (0, 0, 0)
     for b, m, s in zip(*np.nonzero(feasible), strict=True):
         key = (
             -float(sweep.identification_rate[b, m, s]),
-            float(sweep.unknown_false_match_rate[b, m, s]),
+            float(false_match[b, m, s]),
             sweep.score_thresholds[s],
             sweep.min_votes[m],
             sweep.block_thresholds[b],

@@ -15,6 +15,7 @@ from models.metrics import (
     decide_all,
     evaluate_rank,
     find_neighbours,
+    one_pallet_gallery_neighbours,
     open_set_figures,
     pallet_scores,
     sweep_thresholds,
@@ -321,3 +322,40 @@ def test_choose_thresholds_needs_unknown_queries() -> None:
     sweep = sweep_thresholds(find_neighbours(queries, gallery), block_thresholds=(0.5,), min_votes=(2,))
     with pytest.raises(ValueError, match="unknown"):
         choose_thresholds(sweep)
+
+
+def test_calibration_keeps_strangers_out_of_a_one_pallet_gallery() -> None:
+    """In a full gallery a stranger's block votes split among many pallets; against the single pallet of a
+    new deployment all of them go to that pallet. The one-pallet sweep must veto thresholds that only the
+    full gallery keeps safe."""
+    rng = np.random.default_rng(3)
+
+    def unit(rows: int) -> npt.NDArray[np.float64]:
+        vectors = rng.normal(size=(rows, 12))
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    gallery_pallets = [f"G{i:02d}" for i in range(40)]
+    gallery = PalletGallery(
+        embeddings=unit(6 * len(gallery_pallets)), pallets=tuple(p for p in gallery_pallets for _ in range(6))
+    )
+    known = [
+        PalletQuery(pallet=p, known=True, embeddings=gallery.embeddings[6 * i : 6 * i + 6] + 0.6 * unit(6))
+        for i, p in enumerate(gallery_pallets)
+    ]
+    strangers = [PalletQuery(pallet=f"U{i:02d}", known=False, embeddings=unit(6)) for i in range(40)]
+    queries = known + strangers
+    full = sweep_thresholds(find_neighbours(queries, gallery, top_k=10))
+    one_pallet = sweep_thresholds(one_pallet_gallery_neighbours(queries, gallery, seed=0))
+
+    unguarded = choose_thresholds(full)
+    guarded = choose_thresholds(full, one_pallet_sweep=one_pallet)
+
+    trials = one_pallet_gallery_neighbours(queries, gallery, seed=0)
+    assert len(trials) == 40 * 5
+
+    def stranger_matches(thresholds: VotingThresholds) -> int:
+        return sum(d.pallet is not None for d in decide_all(trials, thresholds))
+
+    assert stranger_matches(unguarded.thresholds) > 0
+    assert stranger_matches(guarded.thresholds) == 0
+    assert guarded.target_met and guarded.figures.identification_rate == 1.0
