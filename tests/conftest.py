@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session
 
 from app.api.deps import get_session
 from app.db.migrations import upgrade_to_head
-from app.db.session import normalise_database_url, unit_of_work
+from app.db.session import normalise_database_url, throwaway_database, unit_of_work
 from app.main import create_app
 from app.settings import Settings
 from models.checkpoint import CheckpointMetadata, save_checkpoint
@@ -56,18 +54,8 @@ def database_server_url() -> Iterator[str]:
 def fresh_database(database_server_url: str) -> FreshDatabase:
     """Factory of empty, throw-away databases on the test server (dropped afterwards)."""
 
-    @contextmanager
-    def create() -> Iterator[str]:
-        name = f"palletreid_test_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(database_server_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(database_server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    def create() -> AbstractContextManager[str]:
+        return throwaway_database(database_server_url, prefix="palletreid_test")
 
     return create
 

@@ -7,7 +7,6 @@ import os
 import platform
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from app.bench.captures import PalletImages, render_pallets
 from app.bench.config import EXTRAPOLATION_PALLETS, BenchConfig
@@ -28,7 +26,7 @@ from app.bench.latency import http_dispatch_load, identify_breakdown, latency_ta
 from app.bench.search import RECALL_TARGET, index_variants, run_search
 from app.db.embedded import embedded_postgres
 from app.db.migrations import upgrade_to_head
-from app.db.session import normalise_database_url
+from app.db.session import throwaway_database
 from app.images import decode_image
 from app.settings import Settings
 from models.checkpoint import DEFAULT_CHECKPOINT
@@ -50,19 +48,7 @@ def scratch_database(server_url: str | None, data_dir: Path | None) -> Iterator[
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="palletreid-bench-"))
             )
             server_url = stack.enter_context(embedded_postgres(directory))
-        admin_url = normalise_database_url(server_url)
-        name = f"palletreid_bench_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as connection:
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-            try:
-                yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-            finally:
-                with admin.connect() as connection:
-                    connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
+        yield stack.enter_context(throwaway_database(server_url, prefix="palletreid_bench"))
 
 
 def machine_info() -> dict[str, Any]:
