@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -146,15 +146,31 @@ def app_client(
         yield client
 
 
+BindToTestConnection = Callable[[TestClient], AbstractContextManager[TestClient]]
+
+
 @pytest.fixture
-def client(app_client: TestClient, session_factory: Callable[[], Session]) -> Iterator[TestClient]:
-    """The app, its request sessions bound to this test's rolled-back connection."""
+def bind_to_test_connection(session_factory: Callable[[], Session]) -> BindToTestConnection:
+    """Bind an app's request sessions to this test's rolled-back connection while the context is open."""
 
     def test_session() -> Iterator[Session]:
         with unit_of_work(session_factory) as session:
             yield session
 
-    app = app_client.app
-    app.dependency_overrides[get_session] = test_session  # type: ignore[attr-defined]
-    yield app_client
-    app.dependency_overrides.clear()  # type: ignore[attr-defined]
+    @contextmanager
+    def bind(client: TestClient) -> Iterator[TestClient]:
+        app = client.app
+        app.dependency_overrides[get_session] = test_session  # type: ignore[attr-defined]
+        try:
+            yield client
+        finally:
+            app.dependency_overrides.clear()  # type: ignore[attr-defined]
+
+    return bind
+
+
+@pytest.fixture
+def client(app_client: TestClient, bind_to_test_connection: BindToTestConnection) -> Iterator[TestClient]:
+    """The app, its request sessions bound to this test's rolled-back connection."""
+    with bind_to_test_connection(app_client) as client:
+        yield client

@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from api_testkit import block_files, noise_blocks
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session
 
-from app.api.deps import get_session
 from app.cli import main as cli_main
-from app.db.session import unit_of_work
 from app.errors import ConfigurationError
 from app.main import create_app
 from app.security import KeyRing, Role, ensure_safe_bind, parse_key_entry
@@ -52,15 +50,12 @@ def keyed_app_client(
 
 
 @pytest.fixture
-def keyed(keyed_app_client: TestClient, session_factory: Callable[[], Session]) -> Iterator[TestClient]:
-    def test_session() -> Iterator[Session]:
-        with unit_of_work(session_factory) as session:
-            yield session
-
-    app = keyed_app_client.app
-    app.dependency_overrides[get_session] = test_session  # type: ignore[attr-defined]
-    yield keyed_app_client
-    app.dependency_overrides.clear()  # type: ignore[attr-defined]
+def keyed(
+    keyed_app_client: TestClient,
+    bind_to_test_connection: Callable[[TestClient], AbstractContextManager[TestClient]],
+) -> Iterator[TestClient]:
+    with bind_to_test_connection(keyed_app_client) as client:
+        yield client
 
 
 def _receipt(client: TestClient, headers: dict[str, str]) -> int:
