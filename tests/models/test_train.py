@@ -22,6 +22,7 @@ from models.train import (
     TrainConfig,
     TrainingError,
     apply_overrides,
+    bf16_autocast_supported,
     learning_rate_factor,
     load_config,
     load_state,
@@ -189,6 +190,20 @@ def test_resume_refuses_a_different_dataset(tmp_path: Path) -> None:
     other = _write_identities(tmp_path / "b", 5, 2)
     with pytest.raises(TrainingError, match="different identities"):
         train(_tiny_config(other, run_dir, max_steps=2), resume=run_dir)
+
+
+def test_bf16_training_runs_where_the_cpu_has_bf16_and_falls_back_elsewhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = _write_identities(tmp_path / "data", identities=4, captures=2)
+    with caplog.at_level("WARNING", logger="models.train"):
+        result = train(_tiny_config(data, tmp_path / "run", max_steps=2, amp=True))
+    assert result.steps == 2 and math.isfinite(result.final_loss)
+    fell_back = "no native bfloat16" in caplog.text
+    assert fell_back is not bf16_autocast_supported(torch.device("cpu"))
+    # the exported weights are float32 whichever precision trained them
+    embedder = Embedder.load(result.checkpoint)
+    assert embedder.embed([Image.open(next((data / "block00").iterdir()))]).dtype == np.float32
 
 
 def test_training_reduces_the_loss_on_a_fixed_batch() -> None:
