@@ -81,7 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warn_auth_disabled()
     logger.info(
         "serving with database %s, model %s (%d dims); thresholds: block %.3f, votes %d, score %.3f, "
-        "top-k %d",
+        "top-k %d, %d verified",
         engine.url.render_as_string(hide_password=True),
         runner.model_id,
         runner.embedding_dim,
@@ -89,6 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         matching_config.thresholds.min_votes,
         matching_config.thresholds.score_threshold,
         matching_config.top_k,
+        matching_config.shortlist_size,
     )
     try:
         yield

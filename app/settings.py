@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigurationError
 from models.metrics import DEFAULT_THRESHOLDS_FILE, DEFAULT_TOP_K, read_thresholds
-from models.voting import VotingThresholds
+from models.voting import DEFAULT_SHORTLIST_SIZE, VotingThresholds
 
 
 class Settings(BaseSettings):
@@ -69,10 +69,25 @@ class Settings(BaseSettings):
         default=None, ge=1, description="Block votes a pallet needs to be matched (unset: calibrated)."
     )
     score_threshold: float | None = Field(
-        default=None, ge=-1.0, le=1.0, description="Min mean block similarity (unset: calibrated)."
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Min mean similarity of the one-to-one block pairing (unset: calibrated).",
     )
     top_k: int = Field(
         default=DEFAULT_TOP_K, ge=1, le=1000, description="Nearest stored blocks per query block."
+    )
+    shortlist_size: int = Field(
+        default=DEFAULT_SHORTLIST_SIZE,
+        ge=1,
+        le=100,
+        description="Pallets verified per query by one-to-one block pairing (most neighbour evidence first).",
+    )
+    captures_per_pallet: int = Field(
+        default=3,
+        ge=1,
+        le=50,
+        description="Most recent stored captures (receipts, dispatches) verified per shortlisted pallet.",
     )
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list size.")
     max_candidates: int = Field(default=5, ge=1, description="Candidates reported per match result.")

@@ -39,7 +39,7 @@ from models.metrics import (
     pallet_scores,
     sweep_thresholds,
 )
-from models.voting import VotingThresholds
+from models.voting import DEFAULT_SHORTLIST_SIZE, VotingThresholds
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class PalletLevelReport:
     """Open-set pallet identification with the service's voting rule."""
 
     top_k: int
+    shortlist_size: int
     num_known_pallets: int
     num_unknown_pallets: int
     num_known_queries: int
@@ -330,13 +331,16 @@ def pallet_level(
     protocol: OpenSetProtocol,
     *,
     top_k: int = DEFAULT_TOP_K,
+    shortlist_size: int = DEFAULT_SHORTLIST_SIZE,
     thresholds: VotingThresholds | None = None,
     thresholds_source: str = "given",
     max_unknown_match_rate: float = DEFAULT_MAX_UNKNOWN_MATCH_RATE,
     seed: int = 0,
 ) -> PalletEvaluation:
     """Open-set figures at ``thresholds``, or at thresholds calibrated on these queries when ``None``."""
-    neighbours = find_neighbours(protocol.queries, protocol.gallery, top_k=top_k)
+    neighbours = find_neighbours(
+        protocol.queries, protocol.gallery, top_k=top_k, shortlist_size=shortlist_size
+    )
     one_pallet_trials = one_pallet_gallery_neighbours(protocol.queries, protocol.gallery, seed=seed)
     calibration: dict[str, Any] | None = None
     if thresholds is None:
@@ -359,6 +363,7 @@ def pallet_level(
     ).curve(thresholds.block_threshold, thresholds.min_votes)
     report = PalletLevelReport(
         top_k=top_k,
+        shortlist_size=shortlist_size,
         num_known_pallets=len(protocol.known_pallets),
         num_unknown_pallets=len(protocol.unknown_pallets),
         num_known_queries=figures.num_known,
@@ -400,6 +405,7 @@ def evaluate_checkpoint(
     split: str | None = None,
     unknown_fraction: float = 0.5,
     top_k: int = DEFAULT_TOP_K,
+    shortlist_size: int = DEFAULT_SHORTLIST_SIZE,
     thresholds: VotingThresholds | None = None,
     thresholds_source: str = "given",
     max_unknown_match_rate: float = DEFAULT_MAX_UNKNOWN_MATCH_RATE,
@@ -450,6 +456,7 @@ def evaluate_checkpoint(
         pallet = pallet_level(
             protocol,
             top_k=top_k,
+            shortlist_size=shortlist_size,
             thresholds=thresholds,
             thresholds_source=thresholds_source,
             max_unknown_match_rate=max_unknown_match_rate,
@@ -563,7 +570,8 @@ def format_summary(report: EvaluationReport) -> str:
         t = pallet.thresholds
         lines += [
             "",
-            f"pallet level (top-{pallet.top_k}; thresholds {pallet.thresholds_source}: "
+            f"pallet level (top-{pallet.top_k}, {pallet.shortlist_size} verified; "
+            f"thresholds {pallet.thresholds_source}: "
             f"block {t['block_threshold']:.3f}, votes {t['min_votes']}, score {t['score_threshold']:.3f})",
             f"  known   ({pallet.num_known_queries:4d} queries of {pallet.num_known_pallets} pallets): "
             f"identified {_pct(figures['identification_rate'])}  "

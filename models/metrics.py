@@ -4,8 +4,9 @@ Block level follows torchreid's ``eval_market1501``: for every query the gallery
 gallery entries of the query's own identity seen by the query's own camera are removed (they would be the same
 view again), and CMC/AP are computed over what is left. Queries with no remaining true match are skipped.
 
-Pallet level runs the service's decision rule (:func:`models.voting.decide`) on exact cosine top-k neighbours,
-so the figures are those the service would produce on the same fingerprints.
+Pallet level runs the service's decision rule (:mod:`models.voting`: shortlist from exact cosine top-k
+neighbours, verification by one-to-one block pairing, decision) so the figures are those the service would
+produce on the same fingerprints.
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from models.voting import Decision, Neighbour, VotingThresholds, decide
+from models.voting import (
+    DEFAULT_SHORTLIST_SIZE,
+    Decision,
+    Neighbour,
+    VotingThresholds,
+    decide,
+    shortlist,
+    verify,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +175,10 @@ def _rank_chunk(
 
 @dataclass(frozen=True)
 class PalletGallery:
-    """Stored block fingerprints: ``embeddings[i]`` belongs to pallet ``pallets[i]``."""
+    """Stored block fingerprints: ``embeddings[i]`` belongs to pallet ``pallets[i]``.
+
+    All rows of one pallet form its one stored capture (the receipt), as verification sees it.
+    """
 
     embeddings: FloatArray
     pallets: tuple[str, ...]
@@ -173,6 +186,17 @@ class PalletGallery:
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or len(self.pallets) != self.embeddings.shape[0]:
             raise ValueError("gallery needs one pallet per embedding row")
+
+    @cached_property
+    def rows_of(self) -> dict[str, list[int]]:
+        rows: dict[str, list[int]] = defaultdict(list)
+        for row, pallet in enumerate(self.pallets):
+            rows[pallet].append(row)
+        return dict(rows)
+
+    def capture_of(self, pallet: str) -> FloatArray:
+        """The unit-length fingerprints stored for ``pallet``."""
+        return _unit_rows(np.asarray(self.embeddings[self.rows_of[pallet]], dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -189,11 +213,12 @@ class PalletQuery:
 
 @dataclass(frozen=True)
 class QueryNeighbours:
-    """A query together with the top-k gallery neighbours of each of its blocks."""
+    """A query with the top-k gallery neighbours of each of its blocks and the verified shortlist scores."""
 
     pallet: str
     known: bool
     neighbours: list[list[Neighbour[str]]]
+    scores: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -214,9 +239,13 @@ class OpenSetFigures:
 
 
 def find_neighbours(
-    queries: Sequence[PalletQuery], gallery: PalletGallery, top_k: int = DEFAULT_TOP_K
+    queries: Sequence[PalletQuery],
+    gallery: PalletGallery,
+    top_k: int = DEFAULT_TOP_K,
+    shortlist_size: int = DEFAULT_SHORTLIST_SIZE,
 ) -> list[QueryNeighbours]:
-    """Exact cosine top-k over the gallery for every query block (ties keep gallery order)."""
+    """Exact cosine top-k over the gallery for every query block (ties keep gallery order), then the
+    shortlist of each query verified against the gallery, as the service does with pgvector."""
     if top_k < 1:
         raise ValueError("top_k must be at least 1")
     if not queries:
@@ -237,9 +266,14 @@ def find_neighbours(
     first = 0
     for query in queries:
         count = len(query.embeddings)
+        neighbours = block_neighbours[first : first + count]
+        captures = {pallet: [gallery.capture_of(pallet)] for pallet in shortlist(neighbours, shortlist_size)}
         result.append(
             QueryNeighbours(
-                pallet=query.pallet, known=query.known, neighbours=block_neighbours[first : first + count]
+                pallet=query.pallet,
+                known=query.known,
+                neighbours=neighbours,
+                scores=verify(blocks[first : first + count], captures),
             )
         )
         first += count
@@ -255,9 +289,7 @@ def one_pallet_gallery_neighbours(
     stored pallet as its nearest neighbour, so its votes are not split among many pallets as in a full
     gallery: thresholds calibrated on a full gallery alone would match strangers to the first pallets stored.
     """
-    rows_of: dict[str, list[int]] = defaultdict(list)
-    for row, pallet in enumerate(gallery.pallets):
-        rows_of[pallet].append(row)
+    rows_of = gallery.rows_of
     names = sorted(rows_of)
     rng = np.random.default_rng(seed)
     trials: list[QueryNeighbours] = []
@@ -275,7 +307,7 @@ def one_pallet_gallery_neighbours(
 
 def decide_all(queries: Sequence[QueryNeighbours], thresholds: VotingThresholds) -> list[Decision[str]]:
     """The service's decision for every query."""
-    return [decide(q.neighbours, thresholds) for q in queries]
+    return [decide(q.neighbours, q.scores, thresholds) for q in queries]
 
 
 def open_set_figures(queries: Sequence[QueryNeighbours], decided: Sequence[str | None]) -> OpenSetFigures:
@@ -324,7 +356,7 @@ def _share(flags: npt.NDArray[np.bool_], count: int) -> FloatArray:
 class PalletScores:
     """Per-query pallet scores under the voting rule's score definition.
 
-    ``genuine``: for each known query, the score of its true pallet (0 when no block saw it among its top-k).
+    ``genuine``: for each known query, the score of its true pallet (0 when it missed the shortlist).
     ``impostor``: for each query (known or unknown), the best score of any other pallet (0 if none seen).
     """
 
@@ -349,10 +381,7 @@ def pallet_scores(queries: Sequence[QueryNeighbours]) -> PalletScores:
 def _all_candidates(queries: Sequence[QueryNeighbours], block_threshold: float) -> list[Decision[str]]:
     """Decisions with every threshold but ``block_threshold`` open, listing every candidate pallet."""
     open_thresholds = VotingThresholds(block_threshold=block_threshold, min_votes=1, score_threshold=-1.0)
-    return [
-        decide(q.neighbours, open_thresholds, max_candidates=sum(len(b) for b in q.neighbours))
-        for q in queries
-    ]
+    return [decide(q.neighbours, q.scores, open_thresholds, max_candidates=len(q.scores)) for q in queries]
 
 
 @dataclass(frozen=True)

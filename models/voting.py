@@ -1,26 +1,45 @@
-"""Pallet-level decision from per-block nearest neighbours.
+"""Pallet-level decision from per-block nearest neighbours, verified by one-to-one block pairing.
 
 This is the one implementation of the decision rule: the service applies it to pgvector query results and the
 evaluation applies it to distance matrices, so the measured figures are the figures of the service.
 
-Rule. Each query block looks up its top-k nearest stored block fingerprints (cosine similarity). For every
-pallet seen among a block's neighbours, the block's similarity to that pallet is the best similarity among
-that pallet's blocks (so block positions may be permuted freely). A block *votes* for the pallet it is most
-similar to, if that similarity clears ``block_threshold``. A pallet's *score* is the mean, over all compared
-query blocks, of the block's similarity to that pallet (0 where the pallet is not among the block's
-neighbours).
-A pallet is *matched* when its votes reach ``min_votes`` and its score reaches ``score_threshold``.
-Candidates are ranked by (votes, score, id), so ties resolve deterministically; among the candidates that
-clear the thresholds, preferred pallets win first.
+Rule, in two stages.
+
+1. *Shortlist.* Each query block looks up its top-k nearest stored block fingerprints (cosine similarity).
+   The pallets among them are ranked by neighbour evidence (the sum over query blocks of the block's best
+   similarity to that pallet) and the first ``shortlist_size`` go on to verification.
+2. *Verification.* Each stored capture of a shortlisted pallet (the blocks fingerprinted at one of its
+   receipts or dispatches) is compared with the query as a whole: query blocks are paired one-to-one with the
+   capture's blocks so that the summed similarity is largest (:func:`pairing_score`). Positions may be
+   permuted freely, but one stored block cannot explain two query blocks, and a block the index did not
+   return still counts. The pallet's *score* is the best mean paired similarity over its captures; query
+   blocks left without a partner count 0.
+
+A block *votes* for the pallet of its nearest neighbour if that similarity clears ``block_threshold``. A
+pallet is *matched* when its votes reach ``min_votes`` and its score reaches ``score_threshold``. Candidates
+are ranked by (score, votes, id), so ties resolve deterministically; among the candidates that clear the
+thresholds, preferred pallets win first.
+
+Why pairing instead of "each query block's best stored block": against an unrelated pallet the best of six
+stored blocks is picked for every query block, which lifts impostor scores most where it hurts, in a small
+gallery; and scoring only what the top-k returned counts a genuine block that the index ranked lower as 0.
+docs/evaluation.md compares the rules on the same fingerprints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import linear_sum_assignment
+
 PalletKey = TypeVar("PalletKey", bound=Hashable)
+
+DEFAULT_SHORTLIST_SIZE = 10
+"""Pallets verified per query: enough that the true pallet is almost always among them (see the CMC)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,35 +95,66 @@ class Decision(Generic[PalletKey]):
     candidates: list[Candidate[PalletKey]] = field(default_factory=list)
 
 
-def _strength(candidate: Candidate[PalletKey]) -> tuple[int, float, str]:
-    return (-candidate.votes, -candidate.score, str(candidate.pallet))
+def shortlist(
+    neighbours_per_block: Sequence[Sequence[Neighbour[PalletKey]]], size: int = DEFAULT_SHORTLIST_SIZE
+) -> list[PalletKey]:
+    """The ``size`` pallets with the most neighbour evidence, strongest first (ties by id)."""
+    if size < 1:
+        raise ValueError("size must be at least 1")
+    evidence: dict[PalletKey, float] = {}
+    for neighbours in neighbours_per_block:
+        for pallet, similarity in _best_per_pallet(neighbours).items():
+            evidence[pallet] = evidence.get(pallet, 0.0) + similarity
+    ranked = sorted(evidence.items(), key=lambda item: (-item[1], str(item[0])))
+    return [pallet for pallet, _ in ranked[:size]]
+
+
+def pairing_score(query: npt.ArrayLike, stored: npt.ArrayLike) -> float:
+    """Mean similarity of the query blocks under the best one-to-one pairing with the stored blocks.
+
+    Rows are L2-normalised fingerprints (cosine = dot product). Query blocks without a partner (more query
+    blocks than stored ones) count 0, so a partial capture cannot outscore a complete one.
+    """
+    query_rows = np.asarray(query, dtype=np.float64)
+    stored_rows = np.asarray(stored, dtype=np.float64)
+    if query_rows.ndim != 2 or stored_rows.ndim != 2 or query_rows.shape[1] != stored_rows.shape[1]:
+        raise ValueError(f"cannot pair blocks of shapes {query_rows.shape} and {stored_rows.shape}")
+    if len(query_rows) == 0:
+        raise ValueError("the query has no blocks")
+    if len(stored_rows) == 0:
+        return 0.0
+    similarities = query_rows @ stored_rows.T
+    rows, columns = linear_sum_assignment(similarities, maximize=True)
+    return float(similarities[rows, columns].sum() / len(query_rows))
+
+
+def verify(
+    query: npt.ArrayLike, captures: Mapping[PalletKey, Sequence[npt.ArrayLike]]
+) -> dict[PalletKey, float]:
+    """Score of each pallet: its best :func:`pairing_score` over its stored captures (0 without any)."""
+    return {
+        pallet: max((pairing_score(query, capture) for capture in pallet_captures), default=0.0)
+        for pallet, pallet_captures in captures.items()
+    }
 
 
 def decide(
     neighbours_per_block: Sequence[Sequence[Neighbour[PalletKey]]],
+    scores: Mapping[PalletKey, float],
     thresholds: VotingThresholds,
     preferred: Collection[PalletKey] = frozenset(),
     max_candidates: int = 5,
 ) -> Decision[PalletKey]:
-    """Aggregate per-block neighbours into one pallet decision.
+    """The pallet decision from per-block neighbours (votes) and verified ``scores`` (see :func:`verify`).
 
-    ``neighbours_per_block[i]`` are the neighbours of the query block at position ``i``, in any order.
-    ``preferred`` pallets (e.g. pallets in stock at dispatch) win over the others among candidates that
-    clear the thresholds, and only then.
+    ``neighbours_per_block[i]`` are the neighbours of the query block at position ``i``, in any order; the
+    candidates are the pallets of ``scores`` (the verified shortlist). ``preferred`` pallets (e.g. pallets
+    in stock at dispatch) win over the others among candidates that clear the thresholds, and only then.
     """
-    blocks_compared = len(neighbours_per_block)
-    similarity_sums: dict[PalletKey, float] = {}
     votes: dict[PalletKey, int] = {}
     block_votes: list[BlockVote[PalletKey]] = []
-
     for position, neighbours in enumerate(neighbours_per_block):
-        best_per_pallet: dict[PalletKey, float] = {}
-        for neighbour in neighbours:
-            previous = best_per_pallet.get(neighbour.pallet)
-            if previous is None or neighbour.similarity > previous:
-                best_per_pallet[neighbour.pallet] = neighbour.similarity
-        for pallet, similarity in best_per_pallet.items():
-            similarity_sums[pallet] = similarity_sums.get(pallet, 0.0) + similarity
+        best_per_pallet = _best_per_pallet(neighbours)
         if not best_per_pallet:
             block_votes.append(BlockVote(position=position, pallet=None, similarity=None, counted=False))
             continue
@@ -120,12 +170,9 @@ def decide(
     candidates = sorted(
         (
             Candidate(
-                pallet=pallet,
-                votes=votes.get(pallet, 0),
-                score=total / blocks_compared,
-                preferred=pallet in preferred_set,
+                pallet=pallet, votes=votes.get(pallet, 0), score=score, preferred=pallet in preferred_set
             )
-            for pallet, total in similarity_sums.items()
+            for pallet, score in scores.items()
         ),
         key=_strength,
     )
@@ -138,7 +185,20 @@ def decide(
         pallet=winner.pallet if winner else None,
         score=reported.score if reported else 0.0,
         votes=reported.votes if reported else 0,
-        blocks_compared=blocks_compared,
+        blocks_compared=len(neighbours_per_block),
         blocks=block_votes,
         candidates=candidates[:max_candidates],
     )
+
+
+def _best_per_pallet(neighbours: Sequence[Neighbour[PalletKey]]) -> dict[PalletKey, float]:
+    best: dict[PalletKey, float] = {}
+    for neighbour in neighbours:
+        previous = best.get(neighbour.pallet)
+        if previous is None or neighbour.similarity > previous:
+            best[neighbour.pallet] = neighbour.similarity
+    return best
+
+
+def _strength(candidate: Candidate[PalletKey]) -> tuple[float, int, str]:
+    return (-candidate.score, -candidate.votes, str(candidate.pallet))

@@ -6,8 +6,10 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
 
 import numpy as np
+from pgvector import HalfVector
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
@@ -52,6 +54,26 @@ class FingerprintRepository:
             for pallet_id, status, distance in rows
         ]
 
+    def latest_captures(
+        self, pallet_ids: Sequence[uuid.UUID], *, model_id: str, per_pallet: int
+    ) -> dict[uuid.UUID, list[np.ndarray]]:
+        """The unit-length fingerprints of the ``per_pallet`` most recent captures (events) of each pallet.
+
+        One array per capture, blocks in upload order; pallets without fingerprints of ``model_id`` are
+        absent. One round trip for all pallets.
+        """
+        if not pallet_ids:
+            return {}
+        rows = self._session.execute(
+            latest_captures_query(pallet_ids, model_id=model_id, per_pallet=per_pallet)
+        ).all()
+        captures: dict[uuid.UUID, list[np.ndarray]] = {}
+        for (pallet_id, _event_id), blocks in groupby(rows, key=lambda row: (row[0], row[1])):
+            vectors = np.stack([_as_array(row[2]) for row in blocks])
+            unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            captures.setdefault(pallet_id, []).append(unit)
+        return captures
+
     def add_all(self, fingerprints: Sequence[Fingerprint]) -> None:
         self._session.add_all(fingerprints)
         self._session.flush()
@@ -70,3 +92,35 @@ def nearest_query(embedding: np.ndarray, *, model_id: str, limit: int) -> Select
     return select(nearest.c.pallet_id, Pallet.status, nearest.c.distance).join(
         Pallet, Pallet.id == nearest.c.pallet_id
     )
+
+
+def latest_captures_query(
+    pallet_ids: Sequence[uuid.UUID], *, model_id: str, per_pallet: int
+) -> Select[uuid.UUID, int, HalfVector]:
+    """Fingerprints of the newest ``per_pallet`` events of each pallet, by pallet, event and position.
+
+    Reads through ``ix_fingerprints_pallet_id``: a handful of pallets, never a scan of the table.
+    """
+    ranked = (
+        select(
+            Fingerprint.pallet_id,
+            Fingerprint.event_id,
+            Fingerprint.position,
+            Fingerprint.embedding,
+            func.dense_rank()
+            .over(partition_by=Fingerprint.pallet_id, order_by=Fingerprint.event_id.desc())
+            .label("recency"),
+        )
+        .where(Fingerprint.pallet_id.in_(pallet_ids), Fingerprint.model_id == model_id)
+        .subquery()
+    )
+    return (
+        select(ranked.c.pallet_id, ranked.c.event_id, ranked.c.embedding)
+        .where(ranked.c.recency <= per_pallet)
+        .order_by(ranked.c.pallet_id, ranked.c.event_id, ranked.c.position)
+    )
+
+
+def _as_array(value: HalfVector | np.ndarray) -> np.ndarray:
+    array = value.to_numpy() if isinstance(value, HalfVector) else value
+    return np.asarray(array, dtype=np.float64)

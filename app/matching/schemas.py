@@ -21,11 +21,13 @@ class BlockMatch(BaseModel):
 
 
 class CandidateMatch(BaseModel):
-    """A pallet seen among the neighbours, with its votes and mean block similarity."""
+    """A shortlisted pallet, best first: its block votes and its verified score."""
 
     pallet_id: uuid.UUID
-    votes: int
-    score: float
+    votes: int = Field(description="Query blocks whose nearest stored block (above the threshold) is its.")
+    score: float = Field(
+        description="Mean similarity of the query blocks paired one-to-one with one stored capture of it."
+    )
 
 
 class MatchResult(BaseModel):
@@ -36,7 +38,8 @@ class MatchResult(BaseModel):
     decision: MatchDecision = Field(description="matched: a known pallet; registered: a new pallet.")
     pallet_id: uuid.UUID
     score: float | None = Field(
-        description="Mean block similarity of the decided pallet; null when given by pallet_id."
+        description="Verified score of the decided (or, when registered, the best rejected) pallet: mean "
+        "similarity of the blocks paired one-to-one with its stored capture; null when given by pallet_id."
     )
     votes: int
     blocks_compared: int

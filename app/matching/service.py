@@ -41,7 +41,7 @@ from app.matching.repository import FingerprintRepository, StoredNeighbour
 from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
-from models.voting import Decision, Neighbour, VotingThresholds, decide
+from models.voting import Decision, Neighbour, VotingThresholds, decide, shortlist, verify
 
 STATUS_AFTER: dict[EventKind, PalletStatus] = {
     EventKind.RECEIPT: PalletStatus.IN_STOCK,
@@ -53,6 +53,8 @@ STATUS_AFTER: dict[EventKind, PalletStatus] = {
 class MatchingConfig:
     thresholds: VotingThresholds
     top_k: int
+    shortlist_size: int
+    captures_per_pallet: int
     ef_search: int
     max_candidates: int
 
@@ -61,6 +63,8 @@ class MatchingConfig:
         return cls(
             thresholds=settings.voting_thresholds(),
             top_k=settings.top_k,
+            shortlist_size=settings.shortlist_size,
+            captures_per_pallet=settings.captures_per_pallet,
             ef_search=settings.hnsw_ef_search,
             max_candidates=settings.max_candidates,
         )
@@ -103,7 +107,7 @@ class Capture:
 
 
 class MatchingService:
-    """Applies ``models.voting.decide`` to pgvector neighbours and records the outcome."""
+    """Applies the rule of ``models.voting`` to pgvector neighbours and records the outcome."""
 
     def __init__(self, session: Session, config: MatchingConfig) -> None:
         self._config = config
@@ -182,7 +186,7 @@ class MatchingService:
         return result
 
     def identify(self, kind: EventKind, embeddings: np.ndarray, *, model_id: str) -> Decision[uuid.UUID]:
-        """Vote over the nearest stored blocks of the same model.
+        """Shortlist pallets from the nearest stored blocks of the same model, verify them, decide.
 
         A receipt can only be a pallet that is not in stock (a returning one), so in-stock pallets are left
         out of its vote; a dispatch considers every known pallet and prefers those in stock.
@@ -193,15 +197,21 @@ class MatchingService:
             for vector in embeddings
         ]
         if kind is EventKind.RECEIPT:
-            eligible = [[n for n in block if n.pallet_status != PalletStatus.IN_STOCK] for block in per_block]
-            return decide(
-                _neighbours(eligible), self._config.thresholds, max_candidates=self._config.max_candidates
-            )
+            per_block = [
+                [n for n in block if n.pallet_status != PalletStatus.IN_STOCK] for block in per_block
+            ]
+        neighbours = _neighbours(per_block)
+        captures = self._fingerprints.latest_captures(
+            shortlist(neighbours, self._config.shortlist_size),
+            model_id=model_id,
+            per_pallet=self._config.captures_per_pallet,
+        )
         in_stock = {
             n.pallet_id for block in per_block for n in block if n.pallet_status == PalletStatus.IN_STOCK
         }
         return decide(
-            _neighbours(per_block),
+            neighbours,
+            verify(_unit_rows(embeddings), captures),
             self._config.thresholds,
             preferred=in_stock,
             max_candidates=self._config.max_candidates,
@@ -229,6 +239,11 @@ class MatchingService:
         event = self._events.event(record.event_id)
         assert event is not None, "idempotency keys reference their event (foreign key)"
         return MatchResult.model_validate(event.result)
+
+
+def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    rows = np.asarray(embeddings, dtype=np.float64)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def _neighbours(per_block: Sequence[Sequence[StoredNeighbour]]) -> list[list[Neighbour[uuid.UUID]]]:

@@ -12,6 +12,7 @@ from models.metrics import (
     DEFAULT_TOP_K,
     read_thresholds,
 )
+from models.voting import DEFAULT_SHORTLIST_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_TOP_K,
         help=f"neighbours per query block (default {DEFAULT_TOP_K})",
+    )
+    parser.add_argument(
+        "--shortlist",
+        type=int,
+        default=DEFAULT_SHORTLIST_SIZE,
+        help="pallets verified by one-to-one block pairing per query, the strongest by neighbour evidence "
+        f"(default {DEFAULT_SHORTLIST_SIZE})",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -124,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             split=args.split,
             unknown_fraction=args.unknown_fraction,
             top_k=args.top_k,
+            shortlist_size=args.shortlist,
             thresholds=thresholds,
             thresholds_source=str(thresholds_path) if thresholds_path is not None else "calibrated",
             max_unknown_match_rate=args.max_unknown_match_rate,
@@ -150,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             model_id=report.model_id,
             dataset=report.dataset,
             top_k=report.pallet.top_k,
+            shortlist_size=report.pallet.shortlist_size,
             **report.pallet.calibration,
             calibration_figures=report.pallet.at_thresholds,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable
@@ -25,6 +26,8 @@ MODEL = "model-a"
 CONFIG = MatchingConfig(
     thresholds=VotingThresholds(block_threshold=0.8, min_votes=2, score_threshold=0.3),
     top_k=10,
+    shortlist_size=10,
+    captures_per_pallet=3,
     ef_search=40,
     max_candidates=5,
 )
@@ -211,3 +214,61 @@ def test_model_filter_keeps_recall_through_iterative_index_scans(record: Record,
     found = repository.nearest(pallet[0], model_id=MODEL, limit=3)
     assert [n.pallet_id for n in found] == [mine] * 3
     assert found[0].similarity > 0.99
+
+
+def test_latest_captures_returns_the_newest_events_of_each_pallet(record: Record, session: Session) -> None:
+    first, second, third = unit_vectors(seed=50), unit_vectors(seed=51), unit_vectors(seed=52)
+    pallet = record(EventKind.RECEIPT, first).pallet_id
+    record(EventKind.DISPATCH, second, pallet_id=pallet)
+    record(EventKind.RECEIPT, third, pallet_id=pallet)
+    record(EventKind.RECEIPT, unit_vectors(seed=53), model_id="model-b", pallet_id=pallet)
+    other = record(EventKind.RECEIPT, unit_vectors(seed=54)).pallet_id
+
+    captures = FingerprintRepository(session).latest_captures(
+        [pallet, other, uuid.uuid4()], model_id=MODEL, per_pallet=2
+    )
+
+    assert set(captures) == {pallet, other}
+    assert [capture.shape for capture in captures[pallet]] == [(6, 512), (6, 512)]
+    # oldest first of the two newest, blocks in upload order; halfvec storage keeps ~3 decimals
+    np.testing.assert_allclose(captures[pallet][0], second, atol=2e-3)
+    np.testing.assert_allclose(captures[pallet][1], third, atol=2e-3)
+    assert np.allclose(np.linalg.norm(captures[pallet][1], axis=1), 1.0)
+    assert FingerprintRepository(session).latest_captures([], model_id=MODEL, per_pallet=2) == {}
+
+
+def test_a_pallet_is_verified_against_its_recent_captures_only(
+    record: Record, session_factory: Callable[[], Session]
+) -> None:
+    """Blocks repaired after receipt: the dispatch after the repair matches the newest capture."""
+    before, after = unit_vectors(seed=60), unit_vectors(seed=61)
+    pallet = record(EventKind.RECEIPT, before).pallet_id
+    record(EventKind.DISPATCH, after, pallet_id=pallet)  # attached by id: the blocks were replaced
+    record(EventKind.RECEIPT, after, pallet_id=pallet)
+    again = record(EventKind.DISPATCH, after[::-1])
+    assert (again.decision, again.pallet_id) == (MatchDecision.MATCHED, pallet)
+    assert again.score == pytest.approx(1.0, abs=1e-3)
+
+    # the receipt-time blocks still find the pallet in the index, but its newest captures no longer look
+    # like them: with one capture verified, the old look is a stranger
+    one_capture = dataclasses.replace(CONFIG, captures_per_pallet=1)
+    record(EventKind.RECEIPT, after, pallet_id=pallet)
+    with unit_of_work(session_factory) as session:
+        old_look = MatchingService(session, one_capture).record(
+            EventKind.DISPATCH, before, model_id=MODEL, capture=Capture()
+        )
+    assert old_look.decision is MatchDecision.REGISTERED
+    assert old_look.candidates[0].pallet_id == pallet and old_look.candidates[0].votes == 6
+    assert old_look.candidates[0].score < 0.1
+
+
+def test_a_stranger_resembling_one_stored_block_is_not_matched(record: Record) -> None:
+    """Best-block scoring would give this stranger ~0.9 against the only stored pallet; pairing does not."""
+    stored = unit_vectors(seed=70)
+    pallet = record(EventKind.RECEIPT, stored).pallet_id
+    lookalike = stored[[0] * 6] + 0.3 * unit_vectors(seed=71)
+    lookalike /= np.linalg.norm(lookalike, axis=1, keepdims=True)
+    result = record(EventKind.DISPATCH, lookalike)
+    assert result.decision is MatchDecision.REGISTERED and result.pallet_id != pallet
+    assert result.candidates[0].pallet_id == pallet and result.candidates[0].votes == 6
+    assert result.candidates[0].score < 0.3

@@ -245,7 +245,7 @@ def test_sweep_agrees_with_decide_at_every_grid_point() -> None:
             for s, score_threshold in enumerate(score_thresholds):
                 thresholds = VotingThresholds(block_threshold, min_votes, score_threshold)
                 direct = open_set_figures(
-                    neighbours, [decide(q.neighbours, thresholds).pallet for q in neighbours]
+                    neighbours, [decide(q.neighbours, q.scores, thresholds).pallet for q in neighbours]
                 )
                 assert sweep.figures_at(b, m, s) == direct
                 seen_rates.add(direct.identification_rate)
