@@ -526,7 +526,7 @@ def _write_plots(
                 out_dir / "pallet_score_hist.png",
                 threshold=pallet.thresholds.score_threshold,
                 threshold_label="score threshold",
-                title="Pallet scores (mean block similarity)",
+                title="Pallet scores (verified: blocks paired one-to-one)",
                 xlabel="pallet score (genuine: true pallet, impostor: best other pallet)",
             )
         )

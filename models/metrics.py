@@ -499,8 +499,11 @@ def choose_thresholds(
 
     Among grid points whose unknown false-match rate is at most ``max_unknown_match_rate``: highest
     identification rate, then lowest unknown false-match rate, then the smallest score threshold, then fewest
-    votes and lowest block threshold (the most permissive setting reaching that accuracy). When no grid point
-    meets the target, the point with the lowest unknown false-match rate is taken and ``target_met`` is False.
+    votes and lowest block threshold (the most permissive setting reaching that accuracy). The score
+    threshold is then moved to the middle of the band of thresholds above it that reach the same figures:
+    the smallest one sits right at the calibration set's strongest impostor, the largest right at its weakest
+    genuine pallet, and new data is kinder to neither. When no grid point meets the target, the point with
+    the lowest unknown false-match rate is taken and ``target_met`` is False.
     ``one_pallet_sweep`` (a sweep over :func:`one_pallet_gallery_neighbours`, same grid) adds the same limit
     for unknown pallets meeting a gallery of one pallet, as a new deployment does.
     """
@@ -530,6 +533,7 @@ def choose_thresholds(
         if best is None or key < best:
             best, best_index = key, (int(b), int(m), int(s))
     b, m, s = best_index
+    s = _middle_of_band(sweep, false_match, b, m, s)
     return ThresholdChoice(
         thresholds=VotingThresholds(
             block_threshold=sweep.block_thresholds[b],
@@ -540,6 +544,20 @@ def choose_thresholds(
         max_unknown_match_rate=max_unknown_match_rate,
         target_met=target_met,
     )
+
+
+def _middle_of_band(sweep: ThresholdSweep, false_match: FloatArray, b: int, m: int, s: int) -> int:
+    """Middle index of the run of score thresholds from ``s`` up with the same identification and false-match
+    rates as at ``s`` (same block threshold and votes)."""
+    identification = sweep.identification_rate[b, m]
+    end = s
+    while (
+        end + 1 < len(sweep.score_thresholds)
+        and np.isclose(identification[end + 1], identification[s])
+        and np.isclose(false_match[b, m, end + 1], false_match[b, m, s])
+    ):
+        end += 1
+    return (s + end) // 2
 
 
 def write_thresholds(path: Path, thresholds: VotingThresholds, **provenance: Any) -> Path:

@@ -273,15 +273,24 @@ def test_choose_thresholds_meets_target_and_reproduces_with_decide() -> None:
     assert choice.figures.identification_rate == 1.0
     direct = open_set_figures(neighbours, [d.pallet for d in decide_all(neighbours, choice.thresholds)])
     assert direct == choice.figures
-    # The smallest score threshold that works: one grid step lower must let an unknown pallet through or lose
-    # a known one (or the threshold is already the lowest on the grid).
-    s = sweep.score_thresholds.index(choice.thresholds.score_threshold)
-    if s > 0:
-        lower = VotingThresholds(
-            choice.thresholds.block_threshold, choice.thresholds.min_votes, sweep.score_thresholds[s - 1]
-        )
-        lower_figures = open_set_figures(neighbours, [d.pallet for d in decide_all(neighbours, lower)])
-        assert lower_figures.unknown_false_match_rate > 0 or lower_figures.identification_rate < 1
+    # The middle of the band of score thresholds that reach these figures: as many grid steps down to the
+    # first threshold that lets an unknown pallet through (or loses a known one) as up to the first that
+    # loses a known pallet (within one step).
+    def safe(score_threshold: float) -> bool:
+        at = VotingThresholds(choice.thresholds.block_threshold, choice.thresholds.min_votes, score_threshold)
+        figures = open_set_figures(neighbours, [d.pallet for d in decide_all(neighbours, at)])
+        return figures.unknown_false_match_rate == 0.0 and figures.identification_rate == 1.0
+
+    grid = sweep.score_thresholds
+    s = grid.index(choice.thresholds.score_threshold)
+    low = s
+    while low > 0 and safe(grid[low - 1]):
+        low -= 1
+    high = s
+    while high + 1 < len(grid) and safe(grid[high + 1]):
+        high += 1
+    assert high > low + 4, "the example should have a wide band"
+    assert abs((s - low) - (high - s)) <= 1
 
 
 def _known_pallets_with_unknown_twins(seed: int) -> list[PalletQuery]:
