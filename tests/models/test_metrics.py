@@ -273,6 +273,7 @@ def test_choose_thresholds_meets_target_and_reproduces_with_decide() -> None:
     assert choice.figures.identification_rate == 1.0
     direct = open_set_figures(neighbours, [d.pallet for d in decide_all(neighbours, choice.thresholds)])
     assert direct == choice.figures
+
     # The middle of the band of score thresholds that reach these figures: as many grid steps down to the
     # first threshold that lets an unknown pallet through (or loses a known one) as up to the first that
     # loses a known pallet (within one step).
