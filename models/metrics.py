@@ -31,6 +31,7 @@ from models.voting import (
     VotingThresholds,
     decide,
     shortlist,
+    unit_rows,
     verify,
 )
 
@@ -70,8 +71,8 @@ class RankResult:
 
 def cosine_distance_matrix(query: npt.ArrayLike, gallery: npt.ArrayLike) -> FloatArray:
     """``1 - cosine similarity`` between every query row and every gallery row (rows need not be unit)."""
-    q = _unit_rows(np.asarray(query, dtype=np.float64))
-    g = _unit_rows(np.asarray(gallery, dtype=np.float64))
+    q = unit_rows(np.asarray(query, dtype=np.float64))
+    g = unit_rows(np.asarray(gallery, dtype=np.float64))
     return 1.0 - q @ g.T
 
 
@@ -194,10 +195,6 @@ class PalletGallery:
             rows[pallet].append(row)
         return dict(rows)
 
-    def capture_of(self, pallet: str) -> FloatArray:
-        """The unit-length fingerprints stored for ``pallet``."""
-        return _unit_rows(np.asarray(self.embeddings[self.rows_of[pallet]], dtype=np.float64))
-
 
 @dataclass(frozen=True)
 class PalletQuery:
@@ -250,9 +247,9 @@ def find_neighbours(
         raise ValueError("top_k must be at least 1")
     if not queries:
         return []
-    gallery_unit = _unit_rows(np.asarray(gallery.embeddings, dtype=np.float64))
+    gallery_unit = unit_rows(np.asarray(gallery.embeddings, dtype=np.float64))
     blocks = np.concatenate([np.asarray(q.embeddings, dtype=np.float64) for q in queries], axis=0)
-    blocks = _unit_rows(blocks)
+    blocks = unit_rows(blocks)
     k = min(top_k, len(gallery.pallets))
     block_neighbours: list[list[Neighbour[str]]] = []
     for start in range(0, len(blocks), _QUERY_CHUNK):
@@ -267,7 +264,8 @@ def find_neighbours(
     for query in queries:
         count = len(query.embeddings)
         neighbours = block_neighbours[first : first + count]
-        captures = {pallet: [gallery.capture_of(pallet)] for pallet in shortlist(neighbours, shortlist_size)}
+        verified = shortlist(neighbours, shortlist_size)
+        captures = {pallet: [gallery_unit[gallery.rows_of[pallet]]] for pallet in verified}
         result.append(
             QueryNeighbours(
                 pallet=query.pallet,
@@ -585,8 +583,3 @@ def read_thresholds(path: Path) -> VotingThresholds:
         )
     except KeyError as error:
         raise ValueError(f"{path} has no {error.args[0]!r}; expected a thresholds JSON file") from error
-
-
-def _unit_rows(matrix: FloatArray) -> FloatArray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)

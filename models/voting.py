@@ -191,6 +191,12 @@ def decide(
     )
 
 
+def unit_rows(matrix: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Rows scaled to unit length (float64), the form :func:`pairing_score` expects."""
+    rows = np.asarray(matrix, dtype=np.float64)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 def _best_per_pallet(neighbours: Sequence[Neighbour[PalletKey]]) -> dict[PalletKey, float]:
     best: dict[PalletKey, float] = {}
     for neighbour in neighbours:

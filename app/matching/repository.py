@@ -14,6 +14,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from app.db.tables import Fingerprint, Pallet
+from models.voting import unit_rows
 
 IDENTIFICATION_LOCK_KEY = zlib.crc32(b"palletreid:identification")
 """Key of the transaction-level advisory lock that serialises identification + registration."""
@@ -69,9 +70,7 @@ class FingerprintRepository:
         ).all()
         captures: dict[uuid.UUID, list[np.ndarray]] = {}
         for (pallet_id, _event_id), blocks in groupby(rows, key=lambda row: (row[0], row[1])):
-            vectors = np.stack([_as_array(row[2]) for row in blocks])
-            unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            captures.setdefault(pallet_id, []).append(unit)
+            captures.setdefault(pallet_id, []).append(unit_rows([_as_array(row[2]) for row in blocks]))
         return captures
 
     def add_all(self, fingerprints: Sequence[Fingerprint]) -> None:

@@ -41,7 +41,7 @@ from app.matching.repository import FingerprintRepository, StoredNeighbour
 from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
-from models.voting import Decision, Neighbour, VotingThresholds, decide, shortlist, verify
+from models.voting import Decision, Neighbour, VotingThresholds, decide, shortlist, unit_rows, verify
 
 STATUS_AFTER: dict[EventKind, PalletStatus] = {
     EventKind.RECEIPT: PalletStatus.IN_STOCK,
@@ -211,7 +211,7 @@ class MatchingService:
         }
         return decide(
             neighbours,
-            verify(_unit_rows(embeddings), captures),
+            verify(unit_rows(embeddings), captures),
             self._config.thresholds,
             preferred=in_stock,
             max_candidates=self._config.max_candidates,
@@ -239,11 +239,6 @@ class MatchingService:
         event = self._events.event(record.event_id)
         assert event is not None, "idempotency keys reference their event (foreign key)"
         return MatchResult.model_validate(event.result)
-
-
-def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
-    rows = np.asarray(embeddings, dtype=np.float64)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def _neighbours(per_block: Sequence[Sequence[StoredNeighbour]]) -> list[list[Neighbour[uuid.UUID]]]:
