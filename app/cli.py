@@ -13,6 +13,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "app.commands.serve",
     "models.cli.synth",
     "models.cli.train",
+    "models.cli.weights",
     "models.cli.evaluate",
     "app.commands.bench",
 )
