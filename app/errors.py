@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import ClassVar
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.runtime import images
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,19 @@ class ImageTooLargeError(PalletReidError):
 
     status_code = 413
     error_type = "image_too_large"
+
+
+@contextmanager
+def image_errors_as_domain_errors() -> Iterator[None]:
+    """Turn the image loader's refusals into the domain errors (and HTTP statuses) of the API."""
+    try:
+        yield
+    except images.ImageTooLargeError as error:
+        raise ImageTooLargeError(str(error)) from error
+    except images.UnsupportedImageFormatError as error:
+        raise UnsupportedImageTypeError(str(error)) from error
+    except images.ImageRejectedError as error:
+        raise InvalidImageError(str(error)) from error
 
 
 class RequestTooLargeError(PalletReidError):

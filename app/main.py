@@ -14,9 +14,9 @@ from app.db.tables import EMBEDDING_DIM
 from app.errors import ConfigurationError, install_error_handlers
 from app.events.router import router as events_router
 from app.health.router import router as health_router
-from app.inference import ModelRunner
 from app.matching.router import router as matching_router
 from app.matching.service import MatchingConfig
+from app.model_runner import ModelRunner
 from app.pallets.router import router as pallets_router
 from app.security import KeyRing, warn_auth_disabled
 from app.settings import Settings
@@ -37,7 +37,7 @@ receipts and dispatches, `reader` reads pallets and events, `admin` may do both.
 
 def load_model(settings: Settings) -> ModelRunner:
     """Load the fingerprint model, or raise ``ConfigurationError`` saying how to fix the configuration."""
-    from models.checkpoint import CheckpointError
+    from models.runtime.checkpoint import CheckpointError
 
     try:
         runner = ModelRunner.load(

@@ -14,8 +14,9 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigurationError
-from models.metrics import DEFAULT_THRESHOLDS_FILE, DEFAULT_TOP_K, read_thresholds
-from models.voting import DEFAULT_SHORTLIST_SIZE, VotingThresholds
+from models.runtime.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from models.runtime.thresholds import DEFAULT_THRESHOLDS_FILE, read_thresholds
+from models.runtime.voting import DEFAULT_SHORTLIST_SIZE, DEFAULT_TOP_K, VotingThresholds
 
 
 class Settings(BaseSettings):
@@ -34,9 +35,11 @@ class Settings(BaseSettings):
     model_threads: int | None = Field(default=None, ge=1, description="torch threads for inference.")
     embed_batch_size: int = Field(default=32, ge=1)
 
-    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Per uploaded block image.")
+    max_image_bytes: int = Field(
+        default=DEFAULT_MAX_IMAGE_BYTES, ge=1, description="Per uploaded block image."
+    )
     max_image_pixels: int = Field(
-        default=25_000_000,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
         ge=1,
         description="Decompression-bomb guard: 24 MP photos pass, small files declaring huge images do not.",
     )

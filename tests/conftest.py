@@ -25,8 +25,8 @@ from app.db.migrations import upgrade_to_head
 from app.db.session import normalise_database_url, throwaway_database, unit_of_work
 from app.main import create_app
 from app.settings import Settings
-from models.checkpoint import CheckpointMetadata, save_checkpoint
-from models.pcb import build_model
+from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint
+from models.runtime.pcb import build_model
 
 FreshDatabase = Callable[[], AbstractContextManager[str]]
 SettingsFactory = Callable[..., Settings]

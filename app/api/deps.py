@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from app.db.session import unit_of_work
 from app.errors import AuthenticationError, PermissionDeniedError, ServiceNotReadyError
-from app.inference import ModelRunner
 from app.matching.service import MatchingConfig
+from app.model_runner import ModelRunner
 from app.security import ANONYMOUS, KeyRing, Principal, Role
 from app.settings import Settings
 

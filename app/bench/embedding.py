@@ -1,9 +1,9 @@
 """Embedding throughput: the service's own path (decode, preprocess, batching, network) vs the bare forward.
 
-The service path is exactly what a request goes through: ``app.images.decode_image`` on the uploaded bytes,
-then ``app.inference.ModelRunner.embed`` (its worker thread, ``Embedder.embed`` with the service's batch
-size). The bare forward runs the same network on a pre-made input tensor of the same batch size, in several
-variants; their ratio is the overhead of everything around the network.
+The service path is exactly what a request goes through: ``models.runtime.images.decode_image`` on the
+uploaded bytes, then ``app.model_runner.ModelRunner.embed`` (its worker thread, ``Embedder.embed`` with the
+service's batch size). The bare forward runs the same network on a pre-made input tensor of the same batch
+size, in several variants; their ratio is the overhead of everything around the network.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from torch import Tensor
 
 from app.bench.config import SERVICE_VARIANT, BenchConfig
 from app.bench.timing import measure_rate
-from app.images import decode_image
-from app.inference import ModelRunner
+from app.model_runner import ModelRunner
 from app.settings import Settings
-from models.inference import Embedder
+from models.runtime.images import decode_image
+from models.runtime.inference import Embedder
 
 logger = logging.getLogger(__name__)
 

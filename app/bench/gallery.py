@@ -3,7 +3,8 @@
 Plausible fingerprints: the real fingerprints of a few hundred synthetic block captures (embedded by the
 model under test) are the *bases*. A gallery fingerprint takes, for each of its ``p`` parts independently, the
 part of a random base (rescaled to unit norm), adds isotropic gaussian noise of norm ~``noise``, renormalises
-the part and scales the joined vector by ``1/sqrt(p)``, exactly as ``models.pcb.parts_to_fingerprint`` does.
+the part and scales the joined vector by ``1/sqrt(p)``, exactly as ``models.runtime.pcb.parts_to_fingerprint``
+does.
 Mixing parts of different bases gives far more distinct fingerprints than bases while keeping the similarity
 statistics of real parts (the expected cosine of a perturbed part to its base is ``1/sqrt(1 + noise**2)``).
 

@@ -30,10 +30,10 @@ import numpy as np
 from app.bench.timing import latency_summary
 from app.db.session import build_engine, build_session_factory
 from app.db.tables import EventKind
-from app.images import decode_image
 from app.matching.service import MatchingConfig, MatchingService
 from app.settings import Settings
-from models.inference import Embedder
+from models.runtime.images import decode_image
+from models.runtime.inference import Embedder
 
 logger = logging.getLogger(__name__)
 

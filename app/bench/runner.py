@@ -27,10 +27,10 @@ from app.bench.search import RECALL_TARGET, index_variants, run_search
 from app.db.embedded import embedded_postgres
 from app.db.migrations import upgrade_to_head
 from app.db.session import throwaway_database
-from app.images import decode_image
 from app.settings import Settings
-from models.checkpoint import DEFAULT_CHECKPOINT
-from models.inference import Embedder
+from models.runtime.checkpoint import DEFAULT_CHECKPOINT
+from models.runtime.images import decode_image
+from models.runtime.inference import Embedder
 
 logger = logging.getLogger(__name__)
 

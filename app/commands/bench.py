@@ -87,7 +87,7 @@ def bench(args: argparse.Namespace) -> int:
     from app.bench.config import preset, with_overrides
     from app.bench.plots import write_plots
     from app.bench.runner import run_benchmark
-    from models.checkpoint import CheckpointError
+    from models.runtime.checkpoint import CheckpointError
 
     try:
         config = with_overrides(

@@ -11,7 +11,7 @@ from app.db.migrations import head_revisions
 from app.errors import ServiceNotReadyError
 from app.health.repository import HealthRepository
 from app.health.schemas import Readiness
-from app.inference import ModelRunner
+from app.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 

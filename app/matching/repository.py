@@ -14,7 +14,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from app.db.tables import Fingerprint, Pallet
-from models.voting import unit_rows
+from models.runtime.voting import unit_rows
 
 IDENTIFICATION_LOCK_KEY = zlib.crc32(b"palletreid:identification")
 """Key of the transaction-level advisory lock that serialises identification + registration."""

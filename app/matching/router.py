@@ -25,13 +25,14 @@ from app.errors import (
     RequestTooLargeError,
     UnsupportedImageTypeError,
     error_responses,
+    image_errors_as_domain_errors,
 )
-from app.images import decode_image, read_limited
-from app.inference import ModelRunner
 from app.matching.schemas import MatchResult
-from app.matching.service import Capture, MatchingConfig, MatchingService
+from app.matching.service import EventDetails, MatchingConfig, MatchingService
+from app.model_runner import ModelRunner
 from app.security import Principal
 from app.settings import Settings
+from models.runtime.images import decode_image, read_limited
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ IdempotencyKeyHeader = Annotated[
 def _record(
     kind: EventKind,
     blocks: list[UploadFile],
-    capture: Capture,
+    details: EventDetails,
     idempotency_key: str | None,
     session: Session,
     embedder: ModelRunner,
@@ -84,19 +85,20 @@ def _record(
 ) -> MatchResult:
     if not 1 <= len(blocks) <= settings.max_blocks:
         raise InvalidRequestError(f"send 1 to {settings.max_blocks} block images, got {len(blocks)}")
-    blobs = [
-        read_limited(block.file, max_bytes=settings.max_image_bytes, name=f"blocks[{position}]")
-        for position, block in enumerate(blocks)
-    ]
-    images = [
-        decode_image(blob, max_pixels=settings.max_image_pixels, name=f"blocks[{position}]")
-        for position, blob in enumerate(blobs)
-    ]
+    with image_errors_as_domain_errors():
+        blobs = [
+            read_limited(block.file, max_bytes=settings.max_image_bytes, name=f"blocks[{position}]")
+            for position, block in enumerate(blocks)
+        ]
+        images = [
+            decode_image(blob, max_pixels=settings.max_image_pixels, name=f"blocks[{position}]")
+            for position, blob in enumerate(blobs)
+        ]
     embeddings = embedder.embed(images)
     if idempotency_key is not None:
-        capture = capture.with_idempotency_key(idempotency_key, kind, blobs)
+        details = details.with_idempotency_key(idempotency_key, kind, blobs)
     service = MatchingService(session, config)
-    result = service.record(kind, embeddings, model_id=embedder.model_id, capture=capture)
+    result = service.record(kind, embeddings, model_id=embedder.model_id, details=details)
     logger.info(
         "%s by key %s (role %s): event %d, %s pallet %s, %d blocks",
         kind.value,
@@ -127,14 +129,14 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., M
         pallet_id: PalletIdField = None,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> MatchResult:
-        capture = Capture(
+        details = EventDetails(
             site=site,
             gate=gate,
             external_ref=external_ref,
             captured_at=captured_at,
             pallet_id=pallet_id,
         )
-        return _record(kind, blocks, capture, idempotency_key, session, embedder, settings, config, principal)
+        return _record(kind, blocks, details, idempotency_key, session, embedder, settings, config, principal)
 
     record_event.__name__ = record_event.__qualname__ = name
     record_event.__doc__ = summary

@@ -41,7 +41,7 @@ from app.matching.repository import FingerprintRepository, StoredNeighbour
 from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
-from models.voting import Decision, Neighbour, VotingThresholds, decide, shortlist, unit_rows, verify
+from models.runtime.voting import Decision, Neighbour, VotingThresholds, decide, shortlist, unit_rows, verify
 
 STATUS_AFTER: dict[EventKind, PalletStatus] = {
     EventKind.RECEIPT: PalletStatus.IN_STOCK,
@@ -71,7 +71,7 @@ class MatchingConfig:
 
 
 @dataclass(frozen=True)
-class Capture:
+class EventDetails:
     """Client-supplied facts about one receipt or dispatch."""
 
     site: str | None = None
@@ -88,8 +88,8 @@ class Capture:
         if (self.idempotency_key is None) != (self.request_digest is None):
             raise ValueError("idempotency_key and request_digest go together (use with_idempotency_key)")
 
-    def with_idempotency_key(self, key: str, kind: EventKind, images: Sequence[bytes]) -> Capture:
-        """This capture with ``key`` and the SHA-256 of everything the client sent (fields and images)."""
+    def with_idempotency_key(self, key: str, kind: EventKind, images: Sequence[bytes]) -> EventDetails:
+        """These details with ``key`` and the SHA-256 of everything the client sent (fields and images)."""
         digest = hashlib.sha256(kind.value.encode())
         fields = [
             self.site,
@@ -107,7 +107,7 @@ class Capture:
 
 
 class MatchingService:
-    """Applies the rule of ``models.voting`` to pgvector neighbours and records the outcome."""
+    """Applies the rule of ``models.runtime.voting`` to pgvector neighbours and records the outcome."""
 
     def __init__(self, session: Session, config: MatchingConfig) -> None:
         self._config = config
@@ -116,7 +116,7 @@ class MatchingService:
         self._fingerprints = FingerprintRepository(session)
 
     def record(
-        self, kind: EventKind, embeddings: np.ndarray, *, model_id: str, capture: Capture
+        self, kind: EventKind, embeddings: np.ndarray, *, model_id: str, details: EventDetails
     ) -> MatchResult:
         """Identify (or register) the pallet of ``embeddings`` (one row per block, in upload order)."""
         if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] != EMBEDDING_DIM:
@@ -125,16 +125,16 @@ class MatchingService:
             )
 
         self._fingerprints.lock_identification()
-        if capture.idempotency_key is not None:
-            replay = self._replay(kind, capture)
+        if details.idempotency_key is not None:
+            replay = self._replay(kind, details)
             if replay is not None:
                 return replay
 
         now = datetime.now(UTC)
-        if capture.pallet_id is not None:
-            pallet = self._pallets.get_for_update(capture.pallet_id)
+        if details.pallet_id is not None:
+            pallet = self._pallets.get_for_update(details.pallet_id)
             if pallet is None:
-                raise PalletNotFoundError(f"no pallet {capture.pallet_id}")
+                raise PalletNotFoundError(f"no pallet {details.pallet_id}")
             decision: Decision[uuid.UUID] | None = None
             outcome = MatchDecision.MATCHED
         else:
@@ -152,10 +152,10 @@ class MatchingService:
                 votes=decision.votes if decision is not None else 0,
                 blocks_compared=decision.blocks_compared if decision is not None else 0,
                 model_id=model_id,
-                site=capture.site,
-                gate=capture.gate,
-                external_ref=capture.external_ref,
-                captured_at=capture.captured_at,
+                site=details.site,
+                gate=details.gate,
+                external_ref=details.external_ref,
+                captured_at=details.captured_at,
                 recorded_at=now,
                 result={},
             )
@@ -174,12 +174,12 @@ class MatchingService:
         )
         result = _match_result(event, pallet.id, outcome, decision, model_id)
         event.result = result.model_dump(mode="json")
-        if capture.idempotency_key is not None and capture.request_digest is not None:
+        if details.idempotency_key is not None and details.request_digest is not None:
             self._events.add_idempotency_key(
                 IdempotencyKey(
                     kind=kind.value,
-                    key=capture.idempotency_key,
-                    request_digest=capture.request_digest,
+                    key=details.idempotency_key,
+                    request_digest=details.request_digest,
                     event_id=event.id,
                 )
             )
@@ -226,15 +226,15 @@ class MatchingService:
         pallet = Pallet(id=uuid.uuid4(), status=PalletStatus.IN_STOCK.value, first_seen=now, last_seen=now)
         return self._pallets.add(pallet), MatchDecision.REGISTERED
 
-    def _replay(self, kind: EventKind, capture: Capture) -> MatchResult | None:
+    def _replay(self, kind: EventKind, details: EventDetails) -> MatchResult | None:
         """The stored result of an earlier request with the same idempotency key, if any."""
-        assert capture.idempotency_key is not None
-        record = self._events.idempotency_key(kind.value, capture.idempotency_key)
+        assert details.idempotency_key is not None
+        record = self._events.idempotency_key(kind.value, details.idempotency_key)
         if record is None:
             return None
-        if record.request_digest != capture.request_digest:
+        if record.request_digest != details.request_digest:
             raise IdempotencyConflictError(
-                f"Idempotency-Key {capture.idempotency_key!r} was already used for a different {kind.value}"
+                f"Idempotency-Key {details.idempotency_key!r} was already used for a different {kind.value}"
             )
         event = self._events.event(record.event_id)
         assert event is not None, "idempotency keys reference their event (foreign key)"

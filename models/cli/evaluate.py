@@ -6,13 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from models.metrics import (
-    DEFAULT_MAX_UNKNOWN_MATCH_RATE,
-    DEFAULT_THRESHOLDS_FILE,
-    DEFAULT_TOP_K,
-    read_thresholds,
-)
-from models.voting import DEFAULT_SHORTLIST_SIZE
+from models.evaluation.calibration import DEFAULT_MAX_UNKNOWN_MATCH_RATE
+from models.runtime.thresholds import DEFAULT_THRESHOLDS_FILE, read_thresholds
+from models.runtime.voting import DEFAULT_SHORTLIST_SIZE, DEFAULT_TOP_K
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +107,11 @@ def _parse_where(assignments: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.checkpoint import CheckpointError
-    from models.evaluate import REPORT_FILE, THRESHOLDS_FILE, evaluate_checkpoint, format_summary
-    from models.metrics import write_thresholds
-    from models.voting import VotingThresholds
+    from models.evaluation.evaluate import evaluate_checkpoint
+    from models.evaluation.report import REPORT_FILE, THRESHOLDS_FILE, format_summary
+    from models.runtime.checkpoint import CheckpointError
+    from models.runtime.thresholds import write_thresholds
+    from models.runtime.voting import VotingThresholds
 
     thresholds_path: Path | None = args.thresholds_from
     if thresholds_path is None and not args.calibrate and DEFAULT_THRESHOLDS_FILE.is_file():

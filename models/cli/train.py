@@ -7,10 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.configs import DEFAULT_CONFIG
-
 if TYPE_CHECKING:
-    from models.train import TrainConfig
+    from models.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train the PCB fingerprint network",
         description=(
             "Train the PCB network on the block identities of a dataset (metadata.csv or folder-per-identity "
-            "layout; only split=='train' rows when a split column exists). Settings come from a TOML config "
-            f"(default {DEFAULT_CONFIG}), then --set key=value, then the explicit flags. The run directory "
+            "layout; only split=='train' rows when a split column exists). Settings: the defaults of "
+            "models.training.config.TrainConfig (the shipped model's recipe), then an optional TOML file of "
+            "overrides (--config), then --set key=value, then the explicit flags. The run directory "
             "receives state.pt (for --resume), history.csv, training_curve.png, config.json and the exported "
             "inference checkpoint model.safetensors. Training stops at the first of epochs / max steps / "
-            "time budget and always exports. Flags left out keep the config's value; see the config file "
-            "for every key and its default."
+            "time budget and always exports. Flags left out keep the config's value; "
+            "TrainConfig lists every key and its default."
         ),
     )
     parser.add_argument(
-        "--config", type=Path, default=None, help="TOML config file (default: the shipped recipe)"
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file overriding some TrainConfig defaults (keys = field names)",
     )
     parser.add_argument(
         "--set",
@@ -105,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _overrides(args: argparse.Namespace, base: TrainConfig) -> dict[str, Any]:
-    from models.train import TrainingError, parse_assignment
+    from models.training.config import TrainingError, parse_assignment
 
     overrides: dict[str, Any] = dict(parse_assignment(text) for text in args.assignments)
     for flag, key in _FLAG_KEYS.items():
@@ -124,7 +126,8 @@ def _overrides(args: argparse.Namespace, base: TrainConfig) -> dict[str, Any]:
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Config file (or the resumed run's config), then --set, then explicit flags."""
-    from models.train import TrainConfig, TrainingError, apply_overrides, load_config, load_state
+    from models.training.config import TrainConfig, TrainingError, apply_overrides, load_config
+    from models.training.loop import load_state
 
     if args.resume is not None:
         if args.config is not None:
@@ -137,7 +140,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     # imported here so that `palletreid --help` does not pay for torch
-    from models.train import TrainingError, train
+    from models.training.config import TrainingError
+    from models.training.loop import train
 
     try:
         config = resolve_config(args)

@@ -18,9 +18,9 @@ from app.db.session import build_session_factory, unit_of_work
 from app.db.tables import HNSW_INDEX_NAME, Event, EventKind, Fingerprint, MatchDecision, Pallet
 from app.matching.repository import FingerprintRepository, nearest_query
 from app.matching.schemas import MatchResult
-from app.matching.service import Capture, MatchingConfig, MatchingService
+from app.matching.service import EventDetails, MatchingConfig, MatchingService
 from app.pallets.repository import PalletRepository
-from models.voting import VotingThresholds
+from models.runtime.voting import VotingThresholds
 
 MODEL = "model-a"
 CONFIG = MatchingConfig(
@@ -39,13 +39,13 @@ Record = Callable[..., MatchResult]
 def record(session_factory: Callable[[], Session]) -> Record:
     """Record one receipt/dispatch in its own unit of work, as a request would."""
 
-    def run(kind: EventKind, vectors: np.ndarray, model_id: str = MODEL, **capture: object) -> MatchResult:
+    def run(kind: EventKind, vectors: np.ndarray, model_id: str = MODEL, **details: object) -> MatchResult:
         with unit_of_work(session_factory) as session:
             return MatchingService(session, CONFIG).record(
                 kind,
                 vectors,
                 model_id=model_id,
-                capture=Capture(**capture),  # type: ignore[arg-type]
+                details=EventDetails(**details),  # type: ignore[arg-type]
             )
 
     return run
@@ -180,7 +180,7 @@ def test_concurrent_dispatches_of_an_unknown_pallet_register_it_once(
             with unit_of_work(factory) as session:
                 results.append(
                     MatchingService(session, CONFIG).record(
-                        EventKind.DISPATCH, pallet, model_id=MODEL, capture=Capture()
+                        EventKind.DISPATCH, pallet, model_id=MODEL, details=EventDetails()
                     )
                 )
 
@@ -255,7 +255,7 @@ def test_a_pallet_is_verified_against_its_recent_captures_only(
     record(EventKind.RECEIPT, after, pallet_id=pallet)
     with unit_of_work(session_factory) as session:
         old_look = MatchingService(session, one_capture).record(
-            EventKind.DISPATCH, before, model_id=MODEL, capture=Capture()
+            EventKind.DISPATCH, before, model_id=MODEL, details=EventDetails()
         )
     assert old_look.decision is MatchDecision.REGISTERED
     assert old_look.candidates[0].pallet_id == pallet and old_look.candidates[0].votes == 6

@@ -13,8 +13,8 @@ from app.db.tables import EMBEDDING_DIM
 from app.errors import ConfigurationError
 from app.main import create_app
 from app.settings import Settings
-from models.checkpoint import CheckpointMetadata, save_checkpoint
-from models.pcb import build_model
+from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint
+from models.runtime.pcb import build_model
 
 
 def _start(settings: Settings) -> None:

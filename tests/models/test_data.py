@@ -9,8 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from models.data import Capture, CaptureDataset, DatasetError, read_dataset, split_query_gallery
 from models.synth import SynthConfig, generate_dataset
+from models.training.data import (
+    BlockImageRecord,
+    CaptureDataset,
+    DatasetError,
+    read_dataset,
+    split_query_gallery,
+)
 
 
 def _image(path: Path, value: int) -> None:
@@ -42,7 +48,7 @@ def test_metadata_layout_with_blocks_splits_and_extra_columns(tmp_path: Path) ->
     )
     captures = read_dataset(root)
     assert [c.identity for c in captures] == ["P1/0", "P1/5", "P2"]
-    assert captures[1] == Capture(
+    assert captures[1] == BlockImageRecord(
         path=tmp_path / "img" / "b.jpg",
         identity="P1/5",
         pallet="P1",
@@ -107,8 +113,8 @@ def test_folder_layout_errors(tmp_path: Path) -> None:
         read_dataset(tmp_path)
 
 
-def _capture(identity: str, camera: str) -> Capture:
-    return Capture(Path(f"{identity}-{camera}.jpg"), identity, identity, None, camera, "0")
+def _capture(identity: str, camera: str) -> BlockImageRecord:
+    return BlockImageRecord(Path(f"{identity}-{camera}.jpg"), identity, identity, None, camera, "0")
 
 
 def test_split_query_gallery_by_camera() -> None:
@@ -135,7 +141,7 @@ def test_capture_dataset_labels_follow_sorted_identities(tmp_path: Path) -> None
     for index, (identity, camera) in enumerate([("b", "cam_2"), ("a", "cam_1"), ("b", "cam_1")]):
         path = tmp_path / f"{index}.png"
         _image(path, 40 * index)
-        captures.append(Capture(path, identity, identity, None, camera, str(index)))
+        captures.append(BlockImageRecord(path, identity, identity, None, camera, str(index)))
     dataset = CaptureDataset(captures, _to_tensor)
     assert len(dataset) == 3
     assert dataset.identities == ["a", "b"]

@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 
 from app.cli import main
-from models.checkpoint import CheckpointMetadata, save_checkpoint
-from models.data import Capture
-from models.evaluate import block_pair_similarities, build_open_set, split_unknown_pallets
-from models.metrics import OpenSetFigures, read_thresholds, write_thresholds
-from models.pcb import build_model
-from models.plots import plot_cmc, plot_det, plot_score_histogram
-from models.voting import VotingThresholds
+from models.evaluation.evaluate import block_pair_similarities
+from models.evaluation.open_set import OpenSetFigures
+from models.evaluation.plots import plot_cmc, plot_det, plot_score_histogram
+from models.evaluation.protocol import build_open_set, split_unknown_pallets
+from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint
+from models.runtime.pcb import build_model
+from models.runtime.thresholds import read_thresholds, write_thresholds
+from models.runtime.voting import VotingThresholds
+from models.training.data import BlockImageRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -32,9 +34,9 @@ def test_unknown_split_is_deterministic_and_keeps_a_known_pallet() -> None:
         split_unknown_pallets(["a"], 1.0)
 
 
-def _captures(pallets: list[str], cameras: list[str]) -> list[Capture]:
+def _captures(pallets: list[str], cameras: list[str]) -> list[BlockImageRecord]:
     return [
-        Capture(
+        BlockImageRecord(
             path=Path(f"{pallet}_{position}_{camera}.png"),
             identity=f"{pallet}/{position}",
             pallet=pallet,
@@ -214,7 +216,7 @@ def test_evaluate_command_calibrates_then_applies_thresholds(
     held_out.mkdir()
     (held_out / "embeddings.npz").write_bytes((calibration_out / "embeddings.npz").read_bytes())
     thresholds_file = calibration_out / "thresholds.json"
-    with caplog.at_level(logging.INFO, logger="models.evaluate"):
+    with caplog.at_level(logging.INFO, logger="models.evaluation.evaluate"):
         assert main([*common, "--out", str(held_out), "--thresholds-from", str(thresholds_file)]) == 0
     assert any("reusing embeddings" in record.message for record in caplog.records)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models.checkpoint import CheckpointError, CheckpointMetadata, save_checkpoint
-from models.inference import Embedder
-from models.pcb import build_model
+from models.runtime.checkpoint import CheckpointError, CheckpointMetadata, save_checkpoint
+from models.runtime.inference import Embedder
+from models.runtime.pcb import build_model
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision import models as tv_models
 
-from models.checkpoint import (
+from models.runtime.checkpoint import (
     DEFAULT_CHECKPOINT,
     CheckpointError,
     CheckpointMetadata,
@@ -18,8 +18,9 @@ from models.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from models.pcb import build_model
-from models.transforms import DEFAULT_IMAGE_SIZE, inference_transform, training_transform
+from models.runtime.pcb import build_model
+from models.runtime.transforms import DEFAULT_IMAGE_SIZE, inference_transform
+from models.training.augmentation import training_transform
 
 SMALL_INPUT = (32, 48)
 

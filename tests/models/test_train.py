@@ -13,22 +13,12 @@ import torch
 from PIL import Image
 
 from app.cli import main as cli_main
-from models.configs import DEFAULT_CONFIG
-from models.inference import Embedder
-from models.losses import batch_hard_triplet_loss, part_accuracy, part_cross_entropy
-from models.pcb import build_model
-from models.sampler import PKBatchSampler
-from models.train import (
-    TrainConfig,
-    TrainingError,
-    apply_overrides,
-    bf16_autocast_supported,
-    learning_rate_factor,
-    load_config,
-    load_state,
-    parse_assignment,
-    train,
-)
+from models.runtime.inference import Embedder
+from models.runtime.pcb import build_model
+from models.training.config import TrainConfig, TrainingError, apply_overrides, load_config, parse_assignment
+from models.training.loop import bf16_autocast_supported, learning_rate_factor, load_state, train
+from models.training.losses import batch_hard_triplet_loss, part_accuracy, part_cross_entropy
+from models.training.sampler import PKBatchSampler
 
 
 def test_batch_hard_triplet_loss_matches_hand_computation() -> None:
@@ -97,7 +87,7 @@ def test_learning_rate_warms_up_then_decays_to_min_ratio() -> None:
 
 
 def test_default_config_is_the_512_dim_resnet18_recipe() -> None:
-    config = load_config(DEFAULT_CONFIG)
+    config = load_config()
     assert (config.arch, config.num_parts * config.part_dim, config.image_size) == (
         "resnet18",
         512,
@@ -118,7 +108,7 @@ def test_overrides_are_parsed_and_type_checked() -> None:
     with pytest.raises(TrainingError, match="expects int"):
         apply_overrides(TrainConfig(), {"max_steps": "many"})
     with pytest.raises(TrainingError, match="at least one"):
-        TrainConfig(data_dir="x").validate()
+        TrainConfig(data_dir="x", epochs=0, time_budget_minutes=0).validate()
 
 
 def _write_identities(root: Path, identities: int, captures: int) -> Path:
@@ -196,7 +186,7 @@ def test_bf16_training_runs_where_the_cpu_has_bf16_and_falls_back_elsewhere(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = _write_identities(tmp_path / "data", identities=4, captures=2)
-    with caplog.at_level("WARNING", logger="models.train"):
+    with caplog.at_level("WARNING", logger="models.training.loop"):
         result = train(_tiny_config(data, tmp_path / "run", max_steps=2, amp=True))
     assert result.steps == 2 and math.isfinite(result.final_loss)
     fell_back = "no native bfloat16" in caplog.text

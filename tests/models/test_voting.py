@@ -7,7 +7,15 @@ import itertools
 import numpy as np
 import pytest
 
-from models.voting import Decision, Neighbour, VotingThresholds, decide, pairing_score, shortlist, verify
+from models.runtime.voting import (
+    Decision,
+    Neighbour,
+    VotingThresholds,
+    decide,
+    pairing_score,
+    shortlist,
+    verify,
+)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -38,6 +38,8 @@ from scipy.optimize import linear_sum_assignment
 
 PalletKey = TypeVar("PalletKey", bound=Hashable)
 
+DEFAULT_TOP_K = 10
+"""Nearest stored blocks looked up per query block."""
 DEFAULT_SHORTLIST_SIZE = 10
 """Pallets verified per query: enough that the true pallet is almost always among them (see the CMC)."""
 

@@ -11,38 +11,29 @@ A run directory holds ``state.pt`` (full training state for ``--resume``), ``his
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import random
 import time
-import tomllib
-import types
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models.checkpoint import CheckpointMetadata, save_checkpoint
-from models.configs import DEFAULT_CONFIG
-from models.data import Capture, CaptureDataset, DatasetError, read_dataset
-from models.losses import batch_hard_triplet_loss, part_accuracy, part_cross_entropy
-from models.pcb import PCB, build_model, parts_to_fingerprint
-from models.sampler import PKBatchSampler
-from models.transforms import (
-    DEFAULT_IMAGE_SIZE,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    AugmentationConfig,
-    training_transform,
-)
+from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint
+from models.runtime.pcb import PCB, build_model, parts_to_fingerprint
+from models.runtime.transforms import IMAGENET_MEAN, IMAGENET_STD
+from models.training.augmentation import AugmentationConfig, training_transform
+from models.training.config import TrainConfig, TrainingError
+from models.training.data import BlockImageRecord, CaptureDataset, DatasetError, read_dataset
+from models.training.history import plot_training_curve, write_history
+from models.training.losses import batch_hard_triplet_loss, part_accuracy, part_cross_entropy
+from models.training.sampler import PKBatchSampler
 
 logger = logging.getLogger(__name__)
 
@@ -51,127 +42,6 @@ EXPORT_FILE = "model.safetensors"
 HISTORY_FILE = "history.csv"
 CURVE_FILE = "training_curve.png"
 CONFIG_FILE = "config.json"
-
-
-class TrainingError(RuntimeError):
-    """The configuration, dataset or resume state cannot be used for training."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """All knobs of a training run; the TOML config file uses exactly these keys.
-
-    Zero / empty values mean "not set" where noted, because TOML has no null.
-    """
-
-    data_dir: str = ""
-    out_dir: str = "runs/pcb"
-    # model
-    arch: str = "resnet18"
-    num_parts: int = 4
-    part_dim: int = 128
-    part_axis: str = "width"
-    last_stride: int = 1
-    weights: str = ""  # torchvision state dict for the backbone; empty: train from scratch
-    image_height: int = DEFAULT_IMAGE_SIZE[0]
-    image_width: int = DEFAULT_IMAGE_SIZE[1]
-    hflip_probability: float = 0.0
-    # batches
-    ids_per_batch: int = 8
-    instances_per_id: int = 4
-    # budget: training stops at the first limit reached; at least one must be set (> 0)
-    epochs: float = 0.0
-    max_steps: int = 0
-    time_budget_minutes: float = 0.0
-    # optimisation
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    classifier_lr_multiplier: float = 1.0
-    weight_decay: float = 0.02
-    momentum: float = 0.9
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.01
-    # loss
-    label_smoothing: float = 0.1
-    triplet: bool = True
-    triplet_margin: float = 0.3
-    triplet_weight: float = 1.0
-    # runtime
-    seed: int = 0
-    workers: int = 2
-    threads: int = 0  # 0: torch default
-    device: str = "cpu"
-    channels_last: bool = True
-    amp: bool = False  # bfloat16 autocast: CUDA, or a CPU with native bf16 (AVX-512 BF16 / AMX)
-    checkpoint_every_steps: int = 250
-    log_every_steps: int = 25
-    export_half: bool = True
-
-    @property
-    def batch_size(self) -> int:
-        return self.ids_per_batch * self.instances_per_id
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.image_height, self.image_width)
-
-    def validate(self) -> None:
-        if not self.data_dir:
-            raise TrainingError("data_dir is not set (config key data_dir or --data)")
-        if self.epochs <= 0 and self.max_steps <= 0 and self.time_budget_minutes <= 0:
-            raise TrainingError("set at least one of epochs, max_steps, time_budget_minutes")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise TrainingError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
-        if self.ids_per_batch < 2:
-            raise TrainingError("ids_per_batch must be at least 2 (the triplet loss needs negatives)")
-        if self.checkpoint_every_steps < 1 or self.log_every_steps < 1:
-            raise TrainingError("checkpoint_every_steps and log_every_steps must be positive")
-
-
-_CONFIG_TYPES: dict[str, Any] = get_type_hints(TrainConfig)
-
-
-def _coerce(key: str, value: Any) -> Any:
-    expected = _CONFIG_TYPES[key]
-    if get_origin(expected) in (Union, types.UnionType):
-        expected = next(arg for arg in get_args(expected) if arg is not type(None))
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is str and isinstance(value, Path):
-        return str(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise TrainingError(f"config key {key!r} expects {expected.__name__}, got {value!r}")
-    return value
-
-
-def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
-    """A copy of ``config`` with ``overrides`` applied, type-checked against the config fields."""
-    unknown = sorted(set(overrides) - set(_CONFIG_TYPES))
-    if unknown:
-        raise TrainingError(f"unknown config keys {unknown}; known keys: {sorted(_CONFIG_TYPES)}")
-    return replace(config, **{key: _coerce(key, value) for key, value in overrides.items()})
-
-
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Read a TOML config (default: ``models/configs/default.toml``) and apply ``overrides``."""
-    source = path or DEFAULT_CONFIG
-    try:
-        values = tomllib.loads(Path(source).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise TrainingError(f"cannot read config {source}: {error}") from error
-    return apply_overrides(apply_overrides(TrainConfig(), values), overrides or {})
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``key=value`` with a TOML value (``lr=3e-4``, ``triplet=false``); bare words are strings."""
-    key, separator, raw = text.partition("=")
-    if not separator or not key.strip():
-        raise TrainingError(f"expected key=value, got {text!r}")
-    try:
-        value = tomllib.loads(f"value = {raw.strip()}")["value"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key.strip(), value
 
 
 @dataclass
@@ -190,7 +60,7 @@ class TrainResult:
     final_loss: float
 
 
-def _training_captures(data_dir: Path) -> list[Capture]:
+def _training_captures(data_dir: Path) -> list[BlockImageRecord]:
     """All captures, or only the ``split == "train"`` ones when the dataset has a split column."""
     try:
         captures = read_dataset(data_dir)
@@ -320,47 +190,6 @@ def load_state(path: Path) -> dict[str, Any]:
         )
     loaded: dict[str, Any] = torch.load(state_path, map_location="cpu", weights_only=False)
     return loaded
-
-
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    if not history:
-        return
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    if len(values) < window or window < 2:
-        return values
-    kernel = np.ones(window) / window
-    return np.convolve(values, kernel, mode="valid")
-
-
-def plot_training_curve(history: list[dict[str, float]], path: Path) -> None:
-    """Loss terms and batch accuracy vs step (moving averages), as a PNG."""
-    if not history:
-        return
-    steps = np.array([row["step"] for row in history])
-    window = max(1, len(history) // 50)
-    figure = Figure(figsize=(8, 6))
-    loss_axis, accuracy_axis = figure.subplots(2, 1, sharex=True)
-    for key in ("loss", "cross_entropy", "triplet"):
-        values = _smooth(np.array([row[key] for row in history]), window)
-        loss_axis.plot(steps[len(steps) - len(values) :], values, label=key)
-    loss_axis.set_ylabel("loss")
-    loss_axis.legend()
-    loss_axis.grid(alpha=0.3)
-    accuracy = _smooth(np.array([row["accuracy"] for row in history]), window)
-    accuracy_axis.plot(steps[len(steps) - len(accuracy) :], accuracy, color="tab:green")
-    accuracy_axis.set_ylabel("batch accuracy")
-    accuracy_axis.set_xlabel("step")
-    accuracy_axis.set_ylim(0, 1)
-    accuracy_axis.grid(alpha=0.3)
-    figure.suptitle(f"PCB training ({len(history)} steps, moving average over {window})")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
 
 
 def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
@@ -518,7 +347,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
         del batches  # stops the loader workers
 
     _save_state(run_dir / STATE_FILE, model, optimizer, state, config, identities)
-    _write_history(run_dir / HISTORY_FILE, state.history)
+    write_history(run_dir / HISTORY_FILE, state.history)
     plot_training_curve(state.history, run_dir / CURVE_FILE)
     recent = state.history[-50:]
     final_loss = float(np.mean([r["loss"] for r in recent])) if recent else float("nan")

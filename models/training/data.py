@@ -1,8 +1,8 @@
 """Reading capture datasets from disk, in the two layouts the project supports.
 
 1. ``metadata.csv`` at the root with columns ``pallet_id,path,camera,frame`` and optionally ``block`` (block
-   position 0..5 on the pallet) and ``split``; any other columns are kept as ``Capture.attributes``. Paths are
-   relative to the root (absolute paths are allowed). This is what ``palletreid synth`` writes.
+   position 0..5 on the pallet) and ``split``; any other columns are kept as ``BlockImageRecord.attributes``.
+   Paths are relative to the root (absolute paths are allowed). This is what ``palletreid synth`` writes.
 2. Folder per identity: ``root/<identity>/<image files>``, the camera parsed from ``cam_<n>`` in the file name
    and the frame from what follows it (``..._cam_2_1007.jpg`` is camera ``cam_2``, frame ``1007``).
 """
@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from models.runtime.images import IMAGE_SUFFIXES, load_image_file
+
 METADATA_FILE = "metadata.csv"
 REQUIRED_COLUMNS: tuple[str, ...] = ("pallet_id", "path", "camera", "frame")
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _CAMERA_PATTERN = re.compile(r"cam_(\d+)(?:_([A-Za-z0-9]+))?")
 _KNOWN_COLUMNS = frozenset({*REQUIRED_COLUMNS, "block", "split"})
 
@@ -31,7 +32,7 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
-class Capture:
+class BlockImageRecord:
     """One image of one block.
 
     ``identity`` is what re-identification must recover: the block (``"<pallet>/<position>"``) when the block
@@ -48,7 +49,7 @@ class Capture:
     attributes: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
-def read_dataset(root: Path, *, split: str | None = None) -> list[Capture]:
+def read_dataset(root: Path, *, split: str | None = None) -> list[BlockImageRecord]:
     """Read the captures under ``root`` (layout auto-detected); ``split`` keeps only rows of that split."""
     root = Path(root)
     if not root.is_dir():
@@ -64,7 +65,7 @@ def read_dataset(root: Path, *, split: str | None = None) -> list[Capture]:
     return captures
 
 
-def _read_metadata(root: Path, metadata: Path) -> list[Capture]:
+def _read_metadata(root: Path, metadata: Path) -> list[BlockImageRecord]:
     with metadata.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = [name.strip() for name in reader.fieldnames or ()]
@@ -78,7 +79,7 @@ def _read_metadata(root: Path, metadata: Path) -> list[Capture]:
         rows = [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in reader]
     if not rows:
         raise DatasetError(f"{metadata} lists no captures")
-    captures: list[Capture] = []
+    captures: list[BlockImageRecord] = []
     missing_files: list[str] = []
     for line, row in enumerate(rows, start=2):
         empty = [name for name in REQUIRED_COLUMNS if not row.get(name)]
@@ -92,7 +93,7 @@ def _read_metadata(root: Path, metadata: Path) -> list[Capture]:
         position = _parse_position(row.get("block", ""), metadata, line)
         pallet = row["pallet_id"]
         captures.append(
-            Capture(
+            BlockImageRecord(
                 path=path,
                 identity=pallet if position is None else f"{pallet}/{position}",
                 pallet=pallet,
@@ -125,9 +126,9 @@ def _parse_position(text: str, metadata: Path, line: int) -> int | None:
     return position
 
 
-def _read_folders(root: Path) -> list[Capture]:
+def _read_folders(root: Path) -> list[BlockImageRecord]:
     folders = sorted(entry for entry in root.iterdir() if entry.is_dir())
-    captures: list[Capture] = []
+    captures: list[BlockImageRecord] = []
     unnamed: list[str] = []
     for folder in folders:
         for path in sorted(folder.iterdir()):
@@ -139,7 +140,7 @@ def _read_folders(root: Path) -> list[Capture]:
                 continue
             frame = match.group(2) or path.stem
             captures.append(
-                Capture(
+                BlockImageRecord(
                     path=path,
                     identity=folder.name,
                     pallet=folder.name,
@@ -162,8 +163,8 @@ def _read_folders(root: Path) -> list[Capture]:
 
 
 def split_query_gallery(
-    captures: Sequence[Capture], query_camera: str | None = None
-) -> tuple[list[Capture], list[Capture]]:
+    captures: Sequence[BlockImageRecord], query_camera: str | None = None
+) -> tuple[list[BlockImageRecord], list[BlockImageRecord]]:
     """Split into (query, gallery) by camera.
 
     By default the first camera in sorted order is the gallery and all others are queries; with
@@ -191,7 +192,9 @@ class CaptureDataset(Dataset[tuple[torch.Tensor, int, int]]):
     camera among the sorted camera names.
     """
 
-    def __init__(self, captures: Sequence[Capture], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(
+        self, captures: Sequence[BlockImageRecord], transform: Callable[[Image.Image], torch.Tensor]
+    ) -> None:
         if not captures:
             raise DatasetError("CaptureDataset needs at least one capture")
         self.captures = list(captures)
@@ -207,6 +210,5 @@ class CaptureDataset(Dataset[tuple[torch.Tensor, int, int]]):
         return len(self.captures)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        with Image.open(self.captures[index].path) as image:
-            tensor = self.transform(image.convert("RGB"))
+        tensor = self.transform(load_image_file(self.captures[index].path))
         return tensor, self.labels[index], self.cameras[index]

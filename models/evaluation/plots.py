@@ -11,7 +11,7 @@ import numpy.typing as npt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from models.metrics import OpenSetFigures
+from models.evaluation.open_set import OpenSetFigures
 
 logger = logging.getLogger(__name__)
 

@@ -5,140 +5,58 @@ See ``docs/evaluation.md`` for the precise meaning of every reported number.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 from tqdm import tqdm
 
-from models.data import Capture, read_dataset, split_query_gallery
-from models.inference import Embedder
-from models.metrics import (
+from models.evaluation.calibration import (
     DEFAULT_MAX_UNKNOWN_MATCH_RATE,
     DEFAULT_SCORE_THRESHOLDS,
-    DEFAULT_TOP_K,
-    OpenSetFigures,
-    PalletGallery,
-    PalletQuery,
-    QueryNeighbours,
     choose_thresholds,
-    cosine_distance_matrix,
+    sweep_thresholds,
+)
+from models.evaluation.open_set import (
+    OpenSetFigures,
+    QueryNeighbours,
     decide_all,
-    evaluate_rank,
     find_neighbours,
     one_pallet_gallery_neighbours,
     open_set_figures,
     pallet_scores,
-    sweep_thresholds,
 )
-from models.voting import DEFAULT_SHORTLIST_SIZE, VotingThresholds
+from models.evaluation.protocol import (
+    OpenSetProtocol,
+    build_open_set,
+    matches_attributes,
+    query_gallery_indices,
+)
+from models.evaluation.ranking import cosine_distance_matrix, evaluate_rank
+from models.evaluation.report import (
+    BlockLevelReport,
+    EvaluationReport,
+    PalletLevelReport,
+    sweep_point,
+)
+from models.runtime.images import load_image_file
+from models.runtime.inference import Embedder
+from models.runtime.voting import DEFAULT_SHORTLIST_SIZE, DEFAULT_TOP_K, VotingThresholds
+from models.training.data import BlockImageRecord, read_dataset
 
 logger = logging.getLogger(__name__)
 
 EMBEDDINGS_CACHE = "embeddings.npz"
-REPORT_FILE = "report.json"
-THRESHOLDS_FILE = "thresholds.json"
-CMC_RANKS = (1, 5, 10)
-
-
-@dataclass(frozen=True)
-class BlockLevelReport:
-    """Closed-set ranking of block captures: queries from one camera against a gallery from the others."""
-
-    rank1: float
-    rank5: float
-    rank10: float
-    mean_average_precision: float
-    num_queries: int
-    num_valid_queries: int
-    num_gallery: int
-    num_identities: int
-    cmc: list[float]
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    score_threshold: float
-    identification_rate: float
-    false_reject_rate: float
-    misidentification_rate: float
-    unknown_registered_rate: float
-    unknown_false_match_rate: float
-
-
-@dataclass(frozen=True)
-class PalletLevelReport:
-    """Open-set pallet identification with the service's voting rule."""
-
-    top_k: int
-    shortlist_size: int
-    num_known_pallets: int
-    num_unknown_pallets: int
-    num_known_queries: int
-    num_unknown_queries: int
-    gallery_cameras: list[str]
-    query_cameras: list[str]
-    thresholds: dict[str, float | int]
-    thresholds_source: str
-    at_thresholds: dict[str, float | int]
-    calibration: dict[str, Any] | None
-    sweep: list[SweepPoint]
-    one_pallet_gallery_false_match_rate: float
-    """Unknown queries wrongly matched when the gallery holds one single other pallet (a new deployment)."""
-    num_one_pallet_gallery_trials: int
-
-
-@dataclass(frozen=True)
-class EvaluationReport:
-    model_id: str
-    checkpoint: str
-    dataset: str
-    num_captures: int
-    block: BlockLevelReport
-    pallet: PalletLevelReport | None
-    plots: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types; undefined rates (NaN, e.g. no unknown pallets) become ``None``."""
-        result: dict[str, Any] = _nan_to_none(asdict(self))
-        return result
-
-    def write_json(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        return path
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _nan_to_none(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(item) for item in value]
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------
-
-
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def embed_captures(
     embedder: Embedder,
-    captures: Sequence[Capture],
+    captures: Sequence[BlockImageRecord],
     *,
     batch_size: int = 32,
     cache: Path | None = None,
@@ -156,7 +74,7 @@ def embed_captures(
         for start in range(0, len(captures), batch_size):
             batch = captures[start : start + batch_size]
             embeddings[start : start + len(batch)] = embedder.embed(
-                [load_rgb(c.path) for c in batch], batch_size
+                [load_image_file(c.path) for c in batch], batch_size
             )
             progress.update(len(batch))
     if cache is not None:
@@ -166,7 +84,7 @@ def embed_captures(
 
 
 def block_level(
-    captures: Sequence[Capture],
+    captures: Sequence[BlockImageRecord],
     embeddings: npt.NDArray[np.float32],
     query_index: Sequence[int],
     gallery_index: Sequence[int],
@@ -197,7 +115,7 @@ def block_level(
 
 
 def block_pair_similarities(
-    captures: Sequence[Capture],
+    captures: Sequence[BlockImageRecord],
     query_index: Sequence[int],
     gallery_index: Sequence[int],
     distances: npt.NDArray[np.float64],
@@ -220,104 +138,6 @@ def block_pair_similarities(
 def _codes(values: Sequence[str]) -> npt.NDArray[np.int64]:
     _, inverse = np.unique(np.asarray(values), return_inverse=True)
     return inverse.astype(np.int64).reshape(-1)
-
-
-# ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OpenSetProtocol:
-    """Gallery and queries of the pallet-level open-set evaluation."""
-
-    gallery: PalletGallery
-    queries: list[PalletQuery]
-    known_pallets: list[str]
-    unknown_pallets: list[str]
-    gallery_cameras: list[str]
-    query_cameras: list[str]
-
-
-def split_unknown_pallets(pallets: Sequence[str], unknown_fraction: float) -> tuple[list[str], list[str]]:
-    """Deterministic known / unknown split: the last ``round(fraction * n)`` pallets (sorted) are unknown.
-
-    At least one pallet stays known.
-    """
-    if not 0.0 <= unknown_fraction < 1.0:
-        raise ValueError("unknown_fraction must lie in [0, 1)")
-    ordered = sorted(set(pallets))
-    num_unknown = min(round(unknown_fraction * len(ordered)), len(ordered) - 1)
-    cut = len(ordered) - num_unknown
-    return ordered[:cut], ordered[cut:]
-
-
-def build_open_set(
-    captures: Sequence[Capture],
-    embeddings: npt.NDArray[np.float32],
-    gallery_cameras: Sequence[str],
-    *,
-    unknown_fraction: float,
-    seed: int = 0,
-    query_where: Mapping[str, str] | None = None,
-    gallery_where: Mapping[str, str] | None = None,
-) -> OpenSetProtocol:
-    """Receipt gallery and dispatch queries from a dataset with pallet / block structure.
-
-    A *capture event* is all block captures of one pallet with the same camera and frame. Gallery: the first
-    event (by frame) of every known pallet on a gallery camera. Queries: every event of every pallet (known
-    and unknown) on the other cameras, with the block order shuffled. Unknown pallets have no gallery entry.
-    ``query_where`` / ``gallery_where`` keep only query / gallery events whose captures carry these attribute
-    values (e.g. ``aged=1``).
-    """
-    events: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for index, capture in enumerate(captures):
-        events[(capture.pallet, capture.camera, capture.frame)].append(index)
-    known, unknown = split_unknown_pallets([c.pallet for c in captures], unknown_fraction)
-    known_set = set(known)
-    gallery_set = set(gallery_cameras)
-
-    gallery_rows: list[int] = []
-    gallery_pallets: list[str] = []
-    registered: set[str] = set()
-    for (pallet, camera, _frame), rows in sorted(events.items()):
-        if (
-            pallet in known_set
-            and camera in gallery_set
-            and pallet not in registered
-            and all(matches_attributes(captures[row], gallery_where) for row in rows)
-        ):
-            registered.add(pallet)
-            gallery_rows.extend(rows)
-            gallery_pallets.extend([pallet] * len(rows))
-    missing = sorted(known_set - registered)
-    if missing:
-        logger.warning(
-            "%d known pallets have no gallery capture and are left out: %s", len(missing), missing[:5]
-        )
-    known = [p for p in known if p in registered]
-
-    rng = np.random.default_rng(seed)
-    queries: list[PalletQuery] = []
-    query_cameras: set[str] = set()
-    for (pallet, camera, _frame), rows in sorted(events.items()):
-        if camera in gallery_set or (pallet in known_set and pallet not in registered):
-            continue
-        if not all(matches_attributes(captures[row], query_where) for row in rows):
-            continue
-        query_cameras.add(camera)
-        shuffled = np.asarray(rows)[rng.permutation(len(rows))]
-        queries.append(
-            PalletQuery(pallet=pallet, known=pallet in registered, embeddings=embeddings[shuffled])
-        )
-    return OpenSetProtocol(
-        gallery=PalletGallery(
-            embeddings=embeddings[gallery_rows].astype(np.float64), pallets=tuple(gallery_pallets)
-        ),
-        queries=queries,
-        known_pallets=known,
-        unknown_pallets=unknown,
-        gallery_cameras=sorted(gallery_set),
-        query_cameras=sorted(query_cameras),
-    )
 
 
 @dataclass(frozen=True)
@@ -374,27 +194,13 @@ def pallet_level(
         thresholds_source=thresholds_source,
         at_thresholds=asdict(figures),
         calibration=calibration,
-        sweep=[_sweep_point(t, f) for t, f in curve],
+        sweep=[sweep_point(t, f) for t, f in curve],
         one_pallet_gallery_false_match_rate=float(np.mean(one_pallet_matches))
         if one_pallet_matches
         else math.nan,
         num_one_pallet_gallery_trials=len(one_pallet_matches),
     )
     return PalletEvaluation(report=report, neighbours=neighbours, thresholds=thresholds)
-
-
-def _sweep_point(score_threshold: float, figures: OpenSetFigures) -> SweepPoint:
-    return SweepPoint(
-        score_threshold=score_threshold,
-        identification_rate=figures.identification_rate,
-        false_reject_rate=figures.false_reject_rate,
-        misidentification_rate=figures.misidentification_rate,
-        unknown_registered_rate=figures.unknown_registered_rate,
-        unknown_false_match_rate=figures.unknown_false_match_rate,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------
 
 
 def evaluate_checkpoint(
@@ -431,7 +237,7 @@ def evaluate_checkpoint(
     cache = Path(out_dir) / EMBEDDINGS_CACHE if out_dir is not None else None
     embeddings = embed_captures(embedder, captures, batch_size=batch_size, cache=cache)
 
-    query_index, gallery_index = _split_indices(captures)
+    query_index, gallery_index = query_gallery_indices(captures)
     query_index = [i for i in query_index if matches_attributes(captures[i], query_where)]
     gallery_index = [i for i in gallery_index if matches_attributes(captures[i], gallery_where)]
     if not query_index or not gallery_index:
@@ -484,24 +290,13 @@ def evaluate_checkpoint(
     )
 
 
-def matches_attributes(capture: Capture, required: Mapping[str, str] | None) -> bool:
-    """Whether the capture's metadata attributes carry every required value (no requirement: always)."""
-    return not required or all(capture.attributes.get(key) == value for key, value in required.items())
-
-
-def _split_indices(captures: Sequence[Capture]) -> tuple[list[int], list[int]]:
-    position = {id(c): i for i, c in enumerate(captures)}
-    query, gallery = split_query_gallery(list(captures))
-    return [position[id(c)] for c in query], [position[id(c)] for c in gallery]
-
-
 def _write_plots(
     out_dir: Path,
     block: BlockLevelReport,
     pallet: PalletEvaluation | None,
     block_pairs: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
 ) -> list[str]:
-    from models.plots import plot_cmc, plot_det, plot_score_histogram
+    from models.evaluation.plots import plot_cmc, plot_det, plot_score_histogram
 
     written = [plot_cmc(block.cmc, out_dir / "cmc.png")]
     genuine_pairs, impostor_pairs = block_pairs
@@ -550,41 +345,3 @@ def _write_plots(
                 plot_det(curve, out_dir / "det.png", chosen_score_threshold=pallet.thresholds.score_threshold)
             )
     return [p.name for p in written]
-
-
-def format_summary(report: EvaluationReport) -> str:
-    """A short human-readable table of the headline numbers."""
-    block = report.block
-    lines = [
-        f"model {report.model_id} on {report.dataset} ({report.num_captures} captures)",
-        "",
-        "block level (query camera vs gallery camera)",
-        f"  rank-1 {block.rank1:7.2%}   rank-5 {block.rank5:7.2%}   rank-10 {block.rank10:7.2%}   "
-        f"mAP {block.mean_average_precision:7.2%}",
-        f"  {block.num_valid_queries}/{block.num_queries} queries, {block.num_gallery} gallery, "
-        f"{block.num_identities} identities",
-    ]
-    if report.pallet is not None:
-        pallet = report.pallet
-        figures = pallet.at_thresholds
-        t = pallet.thresholds
-        lines += [
-            "",
-            f"pallet level (top-{pallet.top_k}, {pallet.shortlist_size} verified; "
-            f"thresholds {pallet.thresholds_source}: "
-            f"block {t['block_threshold']:.3f}, votes {t['min_votes']}, score {t['score_threshold']:.3f})",
-            f"  known   ({pallet.num_known_queries:4d} queries of {pallet.num_known_pallets} pallets): "
-            f"identified {_pct(figures['identification_rate'])}  "
-            f"rejected {_pct(figures['false_reject_rate'])}  "
-            f"wrong pallet {_pct(figures['misidentification_rate'])}",
-            f"  unknown ({pallet.num_unknown_queries:4d} queries of {pallet.num_unknown_pallets} pallets): "
-            f"registered {_pct(figures['unknown_registered_rate'])}  "
-            f"wrongly matched {_pct(figures['unknown_false_match_rate'])}",
-            f"  unknown vs a one-pallet gallery ({pallet.num_one_pallet_gallery_trials} trials): "
-            f"wrongly matched {_pct(pallet.one_pallet_gallery_false_match_rate)}",
-        ]
-    return "\n".join(lines)
-
-
-def _pct(value: float | int) -> str:
-    return "    n/a" if math.isnan(value) else f"{value:7.2%}"

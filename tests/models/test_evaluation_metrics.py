@@ -6,21 +6,19 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models import metrics
-from models.metrics import (
+from models.evaluation import open_set, ranking
+from models.evaluation.calibration import choose_thresholds, sweep_thresholds
+from models.evaluation.open_set import (
     PalletGallery,
     PalletQuery,
-    choose_thresholds,
-    cosine_distance_matrix,
     decide_all,
-    evaluate_rank,
     find_neighbours,
     one_pallet_gallery_neighbours,
     open_set_figures,
     pallet_scores,
-    sweep_thresholds,
 )
-from models.voting import VotingThresholds, decide
+from models.evaluation.ranking import cosine_distance_matrix, evaluate_rank
+from models.runtime.voting import VotingThresholds, decide
 
 
 def reference_eval_market1501(
@@ -82,7 +80,7 @@ def test_evaluate_rank_matches_reference_on_random_matrices(seed: int) -> None:
 
 
 def test_evaluate_rank_in_chunks_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics, "_QUERY_CHUNK", 4)
+    monkeypatch.setattr(ranking, "QUERY_CHUNK", 4)
     rng = np.random.default_rng(42)
     q_pids, g_pids = rng.integers(0, 5, 23), rng.integers(0, 5, 31)
     q_cams, g_cams = rng.integers(0, 2, 23), rng.integers(0, 2, 31)
@@ -223,7 +221,7 @@ def test_top_k_limits_the_neighbours() -> None:
 def test_neighbours_do_not_depend_on_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
     gallery, queries = make_open_set(9, num_known=4, num_unknown=3, noise=1.0, dim=32)
     whole = find_neighbours(queries, gallery, top_k=7)
-    monkeypatch.setattr(metrics, "_QUERY_CHUNK", 5)
+    monkeypatch.setattr(open_set, "QUERY_CHUNK", 5)
     assert find_neighbours(queries, gallery, top_k=7) == whole
 
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from models.checkpoint import DEFAULT_CHECKPOINT, CheckpointMetadata, load_checkpoint
-from models.pcb import PCB
-from models.transforms import inference_transform
+from models.runtime.checkpoint import DEFAULT_CHECKPOINT, CheckpointMetadata, load_checkpoint
+from models.runtime.pcb import PCB
+from models.runtime.transforms import inference_transform
 
 logger = logging.getLogger(__name__)
 

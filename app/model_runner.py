@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 class FingerprintModel(Protocol):
-    """What the service needs from ``models.inference.Embedder``."""
+    """What the service needs from ``models.runtime.inference.Embedder``."""
 
     model_id: str
     embedding_dim: int
@@ -42,7 +42,7 @@ class ModelRunner:
         cls, path: Path | None, *, device: str = "cpu", num_threads: int | None = None, batch_size: int = 32
     ) -> ModelRunner:
         """Load a checkpoint (``None``: the shipped default)."""
-        from models.inference import Embedder
+        from models.runtime.inference import Embedder
 
         return cls(Embedder.load(path, device=device, num_threads=num_threads), batch_size=batch_size)
 

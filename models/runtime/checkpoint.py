@@ -18,12 +18,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from models.pcb import PCB, build_model
-from models.transforms import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from models.runtime.pcb import PCB, build_model
+from models.runtime.transforms import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT: Path = Path(__file__).resolve().parent / "checkpoints" / "pcb_resnet18.safetensors"
+DEFAULT_CHECKPOINT: Path = Path(__file__).resolve().parent.parent / "checkpoints" / "pcb_resnet18.safetensors"
 """The checkpoint shipped with the package and used when no path is given."""
 
 FORMAT_KEY = "palletreid_format"
@@ -83,7 +83,7 @@ class CheckpointMetadata:
             raise CheckpointError(
                 f"{source} is a safetensors file but not a palletreid checkpoint (format "
                 f"{header.get(FORMAT_KEY)!r}, expected {FORMAT_VERSION!r}); export one with "
-                "`palletreid train` or models.checkpoint.save_checkpoint"
+                "`palletreid train` or models.runtime.checkpoint.save_checkpoint"
             )
         values: dict[str, Any] = {}
         try:

@@ -1,0 +1,145 @@
+"""The evaluation report: its schema, JSON output and the human-readable summary.
+
+See ``docs/evaluation.md`` for the precise meaning of every reported number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.evaluation.open_set import OpenSetFigures
+
+REPORT_FILE = "report.json"
+THRESHOLDS_FILE = "thresholds.json"
+
+
+@dataclass(frozen=True)
+class BlockLevelReport:
+    """Closed-set ranking of block captures: queries from one camera against a gallery from the others."""
+
+    rank1: float
+    rank5: float
+    rank10: float
+    mean_average_precision: float
+    num_queries: int
+    num_valid_queries: int
+    num_gallery: int
+    num_identities: int
+    cmc: list[float]
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    score_threshold: float
+    identification_rate: float
+    false_reject_rate: float
+    misidentification_rate: float
+    unknown_registered_rate: float
+    unknown_false_match_rate: float
+
+
+@dataclass(frozen=True)
+class PalletLevelReport:
+    """Open-set pallet identification with the service's voting rule."""
+
+    top_k: int
+    shortlist_size: int
+    num_known_pallets: int
+    num_unknown_pallets: int
+    num_known_queries: int
+    num_unknown_queries: int
+    gallery_cameras: list[str]
+    query_cameras: list[str]
+    thresholds: dict[str, float | int]
+    thresholds_source: str
+    at_thresholds: dict[str, float | int]
+    calibration: dict[str, Any] | None
+    sweep: list[SweepPoint]
+    one_pallet_gallery_false_match_rate: float
+    """Unknown queries wrongly matched when the gallery holds one single other pallet (a new deployment)."""
+    num_one_pallet_gallery_trials: int
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    model_id: str
+    checkpoint: str
+    dataset: str
+    num_captures: int
+    block: BlockLevelReport
+    pallet: PalletLevelReport | None
+    plots: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; undefined rates (NaN, e.g. no unknown pallets) become ``None``."""
+        result: dict[str, Any] = _nan_to_none(asdict(self))
+        return result
+
+    def write_json(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return path
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(item) for item in value]
+    return value
+
+
+def sweep_point(score_threshold: float, figures: OpenSetFigures) -> SweepPoint:
+    return SweepPoint(
+        score_threshold=score_threshold,
+        identification_rate=figures.identification_rate,
+        false_reject_rate=figures.false_reject_rate,
+        misidentification_rate=figures.misidentification_rate,
+        unknown_registered_rate=figures.unknown_registered_rate,
+        unknown_false_match_rate=figures.unknown_false_match_rate,
+    )
+
+
+def format_summary(report: EvaluationReport) -> str:
+    """A short human-readable table of the headline numbers."""
+    block = report.block
+    lines = [
+        f"model {report.model_id} on {report.dataset} ({report.num_captures} captures)",
+        "",
+        "block level (query camera vs gallery camera)",
+        f"  rank-1 {block.rank1:7.2%}   rank-5 {block.rank5:7.2%}   rank-10 {block.rank10:7.2%}   "
+        f"mAP {block.mean_average_precision:7.2%}",
+        f"  {block.num_valid_queries}/{block.num_queries} queries, {block.num_gallery} gallery, "
+        f"{block.num_identities} identities",
+    ]
+    if report.pallet is not None:
+        pallet = report.pallet
+        figures = pallet.at_thresholds
+        t = pallet.thresholds
+        lines += [
+            "",
+            f"pallet level (top-{pallet.top_k}, {pallet.shortlist_size} verified; "
+            f"thresholds {pallet.thresholds_source}: "
+            f"block {t['block_threshold']:.3f}, votes {t['min_votes']}, score {t['score_threshold']:.3f})",
+            f"  known   ({pallet.num_known_queries:4d} queries of {pallet.num_known_pallets} pallets): "
+            f"identified {_pct(figures['identification_rate'])}  "
+            f"rejected {_pct(figures['false_reject_rate'])}  "
+            f"wrong pallet {_pct(figures['misidentification_rate'])}",
+            f"  unknown ({pallet.num_unknown_queries:4d} queries of {pallet.num_unknown_pallets} pallets): "
+            f"registered {_pct(figures['unknown_registered_rate'])}  "
+            f"wrongly matched {_pct(figures['unknown_false_match_rate'])}",
+            f"  unknown vs a one-pallet gallery ({pallet.num_one_pallet_gallery_trials} trials): "
+            f"wrongly matched {_pct(pallet.one_pallet_gallery_false_match_rate)}",
+        ]
+    return "\n".join(lines)
+
+
+def _pct(value: float | int) -> str:
+    return "    n/a" if math.isnan(value) else f"{value:7.2%}"
