@@ -12,6 +12,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+ARCHITECTURES = ("efficientnet_lite0", "mobilenet_v2", "resnet18", "resnet34", "resnet50")
+"""The names of ``models.runtime.pcb.BACKBONES``, spelled out so that ``--help`` does not import torch."""
+
 # flag destination -> config key, for the explicit flags that mirror config keys
 _FLAG_KEYS: dict[str, str] = {
     "data": "data_dir",
@@ -31,6 +34,7 @@ _FLAG_KEYS: dict[str, str] = {
     "threads": "threads",
     "device": "device",
     "weights": "weights",
+    "pretrained": "pretrained",
 }
 
 
@@ -88,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
-    parser.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], default=None, help="backbone")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default=None, help="backbone")
     parser.add_argument("--num-parts", type=int, default=None, help="number of parts (stripes)")
     parser.add_argument("--part-dim", type=int, default=None, help="dimensions per part")
     parser.add_argument(
@@ -98,7 +102,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="batch-hard triplet loss on/off",
     )
     parser.add_argument(
-        "--weights", type=Path, default=None, help="torchvision ResNet state dict to start from"
+        "--weights", type=Path, default=None, help="state dict of the full --arch network to start from"
+    )
+    parser.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start from the verified ImageNet file of --arch (as fetched by `palletreid weights fetch`)",
     )
     parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (0: torch default)")

@@ -149,6 +149,10 @@ class EfficientNetLite0(nn.Module):
             return feature_map
         return self._fc(self._dropout(F.adaptive_avg_pool2d(feature_map, 1).flatten(1)))
 
+    def remove_classifier(self) -> None:
+        """Make this the headless trunk (as if built with ``num_classes=0``)."""
+        self._fc = None
+
     def set_last_stride(self, stride: int) -> None:
         """Set the stride of the last strided block (1: the final feature map keeps twice the resolution)."""
         block = self._blocks[self._last_strided_block]

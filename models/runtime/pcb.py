@@ -1,7 +1,8 @@
 """PCB (Part-based Convolutional Baseline) network for pallet-block fingerprints.
 
-A ResNet backbone (last stride 1 by default, so the final feature map keeps more spatial detail) produces a
-feature map that is average-pooled into ``num_parts`` stripes along the width (or height). Each stripe is
+A convolutional trunk (a torchvision ResNet or MobileNetV2, or EfficientNet-Lite0; by default with the stride
+of its last strided stage set to 1, so the final feature map keeps more spatial detail) produces a feature map
+that is average-pooled into ``num_parts`` stripes along the width (or height). Each stripe is
 reduced by its own 1x1 conv + BN + ReLU to ``part_dim`` channels. During training every part has its own
 identity classifier; at inference the parts are L2-normalised, joined and scaled by ``1/sqrt(num_parts)`` so
 the fingerprint has unit norm and the cosine similarity of two fingerprints is the mean of their part cosines.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
@@ -22,16 +24,11 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 from torchvision import models as tv_models
 
+from models.runtime.efficientnet_lite import EfficientNetLite0
+
 logger = logging.getLogger(__name__)
 
 PartAxis = Literal["width", "height"]
-
-BACKBONES: dict[str, Callable[..., tv_models.ResNet]] = {
-    "resnet18": tv_models.resnet18,
-    "resnet34": tv_models.resnet34,
-    "resnet50": tv_models.resnet50,
-}
-"""Supported architecture names (torchvision ResNets)."""
 
 DEFAULT_ARCH = "resnet18"
 DEFAULT_NUM_PARTS = 4
@@ -40,15 +37,119 @@ DEFAULT_PART_AXIS: PartAxis = "width"
 DEFAULT_LAST_STRIDE = 1
 
 
-def _set_last_stride(resnet: tv_models.ResNet, stride: int) -> None:
-    """Set the stride of the first block of ``layer4`` (both its strided conv and its shortcut)."""
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one trunk architecture and read an ImageNet state dict of it."""
+
+    build: Callable[[], nn.Module]
+    """The full classification network, randomly initialised."""
+    trunk: Callable[[nn.Module, int], nn.Module]
+    """(full network, last stride) -> module mapping images to the final feature map."""
+    channels: int
+    head_prefix: str
+    """State-dict prefix of the classification head, which the PCB does not use."""
+    source: str
+    """What a ``weights`` file must be (for error messages)."""
+
+
+def _resnet_trunk(network: nn.Module, last_stride: int) -> nn.Module:
+    """ResNet up to ``layer4``, whose first block gets ``last_stride`` (strided conv and shortcut)."""
+    resnet = cast(tv_models.ResNet, network)
     first_block = resnet.layer4[0]
     strided_conv = (
         first_block.conv2 if isinstance(first_block, tv_models.resnet.Bottleneck) else first_block.conv1
     )
-    strided_conv.stride = (stride, stride)
+    strided_conv.stride = (last_stride, last_stride)
     if first_block.downsample is not None:
-        first_block.downsample[0].stride = (stride, stride)
+        first_block.downsample[0].stride = (last_stride, last_stride)
+    return nn.Sequential(
+        resnet.conv1,
+        resnet.bn1,
+        resnet.relu,
+        resnet.maxpool,
+        resnet.layer1,
+        resnet.layer2,
+        resnet.layer3,
+        resnet.layer4,
+    )
+
+
+def _mobilenet_v2_trunk(network: nn.Module, last_stride: int) -> nn.Module:
+    """MobileNetV2 ``features`` (up to the 1280-channel 1x1 conv); its last strided inverted residual (the
+    first 160-channel block, output stride 32 -> 16) gets ``last_stride`` in its depthwise conv."""
+    features = cast(tv_models.MobileNetV2, network).features
+    strided_blocks = [
+        block
+        for block in features
+        if isinstance(block, tv_models.mobilenetv2.InvertedResidual) and block.stride == 2
+    ]
+    last_block = strided_blocks[-1]
+    for module in last_block.modules():
+        if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+            module.stride = (last_stride, last_stride)
+    last_block.stride = last_stride
+    return features
+
+
+def _efficientnet_lite0_trunk(network: nn.Module, last_stride: int) -> nn.Module:
+    """EfficientNet-Lite0 without its classifier; the last strided block (stage 6) gets ``last_stride``."""
+    trunk = cast(EfficientNetLite0, network)
+    trunk.remove_classifier()
+    trunk.set_last_stride(last_stride)
+    return trunk
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet18": Backbone(
+        lambda: tv_models.resnet18(weights=None), _resnet_trunk, 512, "fc.", "torchvision resnet18"
+    ),
+    "resnet34": Backbone(
+        lambda: tv_models.resnet34(weights=None), _resnet_trunk, 512, "fc.", "torchvision resnet34"
+    ),
+    "resnet50": Backbone(
+        lambda: tv_models.resnet50(weights=None), _resnet_trunk, 2048, "fc.", "torchvision resnet50"
+    ),
+    "mobilenet_v2": Backbone(
+        lambda: tv_models.mobilenet_v2(weights=None),
+        _mobilenet_v2_trunk,
+        1280,
+        "classifier.",
+        "torchvision mobilenet_v2",
+    ),
+    "efficientnet_lite0": Backbone(
+        EfficientNetLite0,
+        _efficientnet_lite0_trunk,
+        1280,
+        "_fc.",
+        "EfficientNet-Lite0 (efficientnet_pytorch layout)",
+    ),
+}
+"""Supported trunk architectures by name (the checkpoint's ``arch``)."""
+
+
+def load_backbone_weights(network: nn.Module, weights: Path, arch: str) -> None:
+    """Load an ImageNet (or any) state dict of ``arch`` into ``network``; every trunk key must match.
+
+    Only the classification head may be missing or different: the PCB replaces it.
+    """
+    backbone = BACKBONES[arch]
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{weights} does not hold a state dict")
+    trunk_state = {key: value for key, value in state.items() if not key.startswith(backbone.head_prefix)}
+    try:
+        missing, unexpected = network.load_state_dict(trunk_state, strict=False)
+    except RuntimeError as error:  # same keys, other shapes
+        raise ValueError(f"{weights} is not a {backbone.source} state dict: {error}") from error
+    missing = [key for key in missing if not key.startswith(backbone.head_prefix)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights} is not a {backbone.source} state dict "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    logger.info("loaded %s backbone weights from %s", arch, weights)
 
 
 def standardize_images(images: Tensor) -> Tensor:
@@ -70,11 +171,11 @@ def parts_to_fingerprint(part_features: Tensor) -> Tensor:
 
 
 class PCB(nn.Module):
-    """Part-based Convolutional Baseline over a ResNet trunk."""
+    """Part-based Convolutional Baseline over a convolutional trunk (images -> feature map)."""
 
     def __init__(
         self,
-        backbone: tv_models.ResNet,
+        trunk: nn.Module,
         *,
         arch: str,
         backbone_channels: int,
@@ -97,16 +198,7 @@ class PCB(nn.Module):
         self.part_dim = part_dim
         self.part_axis: PartAxis = part_axis
         self.last_stride = last_stride
-        self.trunk = nn.Sequential(
-            backbone.conv1,
-            backbone.bn1,
-            backbone.relu,
-            backbone.maxpool,
-            backbone.layer1,
-            backbone.layer2,
-            backbone.layer3,
-            backbone.layer4,
-        )
+        self.trunk = trunk
         pooled_size = (1, num_parts) if part_axis == "width" else (num_parts, 1)
         self.part_pool = nn.AdaptiveAvgPool2d(pooled_size)
         reduction_convs = [
@@ -167,10 +259,10 @@ def build_model(
     last_stride: int = DEFAULT_LAST_STRIDE,
     weights: Path | None = None,
 ) -> PCB:
-    """Build a PCB over the torchvision ResNet ``name``.
+    """Build a PCB over the trunk architecture ``name`` (see ``BACKBONES``).
 
-    ``weights`` is an optional path to a torchvision ResNet state dict (e.g. ImageNet weights downloaded
-    separately); the classification head of that state dict is ignored.
+    ``weights`` is an optional state dict of the full classification network ``name`` (e.g. ImageNet weights
+    from ``palletreid weights fetch``); its classification head is ignored.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(BACKBONES)}")
@@ -178,26 +270,14 @@ def build_model(
         raise ValueError("last_stride must be 1 or 2")
     if part_axis not in ("width", "height"):
         raise ValueError(f"part_axis must be 'width' or 'height', not {part_axis!r}")
-    backbone = BACKBONES[name](weights=None)
+    backbone = BACKBONES[name]
+    network = backbone.build()
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        trunk_state = {key: value for key, value in state.items() if not key.startswith("fc.")}
-        missing, unexpected = backbone.load_state_dict(trunk_state, strict=False)
-        missing = [key for key in missing if not key.startswith("fc.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"{weights} is not a torchvision {name} state dict "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
-        logger.info("loaded backbone weights from %s", weights)
-    _set_last_stride(backbone, last_stride)
-    backbone_channels = backbone.fc.in_features
+        load_backbone_weights(network, weights, name)
     return PCB(
-        backbone,
+        backbone.trunk(network, last_stride),
         arch=name,
-        backbone_channels=backbone_channels,
+        backbone_channels=backbone.channels,
         num_classes=num_classes,
         num_parts=num_parts,
         part_dim=part_dim,

@@ -44,7 +44,8 @@ class TrainConfig:
     part_dim: int = DEFAULT_PART_DIM
     part_axis: str = DEFAULT_PART_AXIS
     last_stride: int = DEFAULT_LAST_STRIDE
-    weights: str = ""  # torchvision state dict for the backbone; empty: train from scratch
+    weights: str = ""  # state dict of the full network `arch` to start from; empty: see `pretrained`
+    pretrained: bool = False  # start from the verified ImageNet file of `arch` (`palletreid weights`)
     image_height: int = DEFAULT_IMAGE_SIZE[0]
     image_width: int = DEFAULT_IMAGE_SIZE[1]
     hflip_probability: float = 0.0  # a mirrored block swaps its parts: keep off unless blocks are symmetric
@@ -60,6 +61,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     classifier_lr_multiplier: float = 1.0
+    backbone_lr_multiplier: float = 1.0  # trunk lr = lr x this; < 1 keeps a pretrained trunk near its init
     weight_decay: float = 0.02
     momentum: float = 0.9  # sgd only
     warmup_steps: int = 200
@@ -95,6 +97,10 @@ class TrainConfig:
             raise TrainingError("set at least one of epochs, max_steps, time_budget_minutes")
         if self.optimizer not in ("adamw", "sgd"):
             raise TrainingError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
+        if self.pretrained and self.weights:
+            raise TrainingError("set either weights (your own file) or pretrained=true, not both")
+        if self.backbone_lr_multiplier <= 0 or self.classifier_lr_multiplier <= 0:
+            raise TrainingError("backbone_lr_multiplier and classifier_lr_multiplier must be positive")
         if self.ids_per_batch < 2:
             raise TrainingError("ids_per_batch must be at least 2 (the triplet loss needs negatives)")
         if self.checkpoint_every_steps < 1 or self.log_every_steps < 1:

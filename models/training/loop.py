@@ -33,6 +33,8 @@ from models.training.config import TrainConfig, TrainingError
 from models.training.data import BlockImageRecord, CaptureDataset, DatasetError, read_dataset
 from models.training.history import plot_training_curve, write_history
 from models.training.losses import batch_hard_triplet_loss, part_accuracy, part_cross_entropy
+from models.training.pretrained import PretrainedWeightsError
+from models.training.pretrained import fetch as fetch_pretrained
 from models.training.sampler import PKBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -72,10 +74,12 @@ def _training_captures(data_dir: Path) -> list[BlockImageRecord]:
 
 
 def _parameter_groups(model: PCB, config: TrainConfig) -> list[dict[str, Any]]:
-    """Backbone and classifier groups, each split so that biases and norm weights get no weight decay."""
+    """Trunk, part-reduction and classifier groups (each with its learning-rate multiplier), each split so
+    that biases and norm weights get no weight decay."""
     groups: list[dict[str, Any]] = []
     for name, modules, multiplier in (
-        ("backbone", [model.trunk, model.reductions], 1.0),
+        ("backbone", [model.trunk], config.backbone_lr_multiplier),
+        ("reductions", [model.reductions], 1.0),
         ("classifiers", [model.classifiers], config.classifier_lr_multiplier),
     ):
         parameters = [p for module in modules for p in module.parameters()]
@@ -92,6 +96,18 @@ def _parameter_groups(model: PCB, config: TrainConfig) -> list[dict[str, Any]]:
                     }
                 )
     return groups
+
+
+def _initial_weights(config: TrainConfig) -> Path | None:
+    """The state dict a new run starts from: the user's file, the verified ImageNet file, or none."""
+    if config.weights:
+        return Path(config.weights)
+    if not config.pretrained:
+        return None
+    try:
+        return fetch_pretrained(config.arch)
+    except PretrainedWeightsError as error:
+        raise TrainingError(f"pretrained=true: {error}") from error
 
 
 def build_optimizer(model: PCB, config: TrainConfig) -> torch.optim.Optimizer:
@@ -223,7 +239,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
         part_dim=config.part_dim,
         part_axis=config.part_axis,
         last_stride=config.last_stride,
-        weights=Path(config.weights) if config.weights else None,
+        weights=None if resume is not None else _initial_weights(config),
     )
     optimizer = build_optimizer(model, config)
     state = RunState()
