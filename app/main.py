@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -14,6 +15,7 @@ from app.db.tables import EMBEDDING_DIM
 from app.errors import ConfigurationError, install_error_handlers
 from app.events.router import router as events_router
 from app.health.router import router as health_router
+from app.matching.parameters import decision_parameters_in_force
 from app.matching.router import router as matching_router
 from app.matching.service import MatchingConfig
 from app.model_runner import ModelRunner
@@ -35,13 +37,20 @@ receipts and dispatches, `reader` reads pallets and events, `admin` may do both.
 """
 
 
+def model_path(settings: Settings) -> Path:
+    """The checkpoint the service loads: ``PALLETREID_MODEL_PATH`` or the shipped one."""
+    from models.runtime.checkpoint import DEFAULT_CHECKPOINT
+
+    return settings.model_path if settings.model_path is not None else DEFAULT_CHECKPOINT
+
+
 def load_model(settings: Settings) -> ModelRunner:
     """Load the fingerprint model, or raise ``ConfigurationError`` saying how to fix the configuration."""
     from models.runtime.checkpoint import CheckpointError
 
     try:
         runner = ModelRunner.load(
-            settings.model_path,
+            model_path(settings),
             device=settings.model_device,
             num_threads=settings.model_threads,
             batch_size=settings.embed_batch_size,
@@ -69,27 +78,31 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise ConfigurationError("no database configured: set DATABASE_URL or start with `palletreid serve`")
     try:
         runner = load_model(settings)
-        matching_config = MatchingConfig.from_settings(settings)
     except ConfigurationError as error:
         logger.error("not starting: %s", error)
         raise
+    try:
+        decision = decision_parameters_in_force(settings, runner.metadata, model_path(settings))
+    except ConfigurationError as error:
+        runner.close()
+        logger.error("not starting: %s", error)
+        raise
+    matching_config = MatchingConfig.from_settings(settings, decision.parameters)
     engine = build_engine(settings.database_url, pool_size=settings.db_pool_size)
     app.state.session_factory = build_session_factory(engine)
     app.state.model_runner = runner
     app.state.matching_config = matching_config
+    app.state.decision_parameters = decision
     if not app.state.key_ring.enabled:
         warn_auth_disabled()
     logger.info(
-        "serving with database %s, model %s (%d dims); thresholds: block %.3f, votes %d, score %.3f, "
-        "top-k %d, %d verified",
+        "serving with database %s, model %s (%d dims); decision parameters from %s%s: %s",
         engine.url.render_as_string(hide_password=True),
         runner.model_id,
         runner.embedding_dim,
-        matching_config.thresholds.block_threshold,
-        matching_config.thresholds.min_votes,
-        matching_config.thresholds.score_threshold,
-        matching_config.top_k,
-        matching_config.shortlist_size,
+        decision.source,
+        f" (overridden: {', '.join(decision.overridden)})" if decision.overridden else "",
+        decision.parameters.describe(),
     )
     try:
         yield
@@ -117,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.key_ring = KeyRing.from_settings(settings)
     app.state.model_runner = None
+    app.state.decision_parameters = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     for router in (matching_router, pallets_router, events_router, health_router):

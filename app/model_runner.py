@@ -16,6 +16,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from models.runtime.checkpoint import CheckpointMetadata
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +27,7 @@ class FingerprintModel(Protocol):
     model_id: str
     embedding_dim: int
     image_size: tuple[int, int]
+    metadata: CheckpointMetadata
 
     def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray: ...
 
@@ -53,6 +56,11 @@ class ModelRunner:
     @property
     def embedding_dim(self) -> int:
         return self._model.embedding_dim
+
+    @property
+    def metadata(self) -> CheckpointMetadata:
+        """The checkpoint header: preprocessing, embedding size, calibrated decision parameters."""
+        return self._model.metadata
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Fingerprints of ``images`` (unit rows, float32); blocks the calling thread, not the event loop."""

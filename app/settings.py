@@ -13,10 +13,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.errors import ConfigurationError
 from models.runtime.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from models.runtime.thresholds import DEFAULT_THRESHOLDS_FILE, read_thresholds
-from models.runtime.voting import DEFAULT_SHORTLIST_SIZE, DEFAULT_TOP_K, VotingThresholds
 
 
 class Settings(BaseSettings):
@@ -59,11 +56,12 @@ class Settings(BaseSettings):
         default=None, description="File with one API key entry (same format) per line; # starts a comment."
     )
 
-    # --- Matching thresholds. They belong to the model: unset, they are the values calibrated for it by
-    # `palletreid evaluate --calibrate`, read from `thresholds_file` (for the shipped model
-    # models/checkpoints/voting_thresholds.json; the figures behind them are in its MODEL_CARD.md).
-    thresholds_file: Path = Field(
-        default=DEFAULT_THRESHOLDS_FILE, description="Calibrated thresholds of the model (JSON)."
+    # --- Decision parameters. They belong to the model: its checkpoint carries the values calibrated for it
+    # by `palletreid evaluate --calibrate` (see app/matching/parameters.py). Each setting below, when set,
+    # overrides one calibrated value; overrides are logged and shown by /readyz.
+    thresholds_file: Path | None = Field(
+        default=None,
+        description="Decision parameters (JSON) to use instead of the checkpoint's; must name its model.",
     )
     block_threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, description="Min similarity for a vote (unset: calibrated)."
@@ -77,20 +75,20 @@ class Settings(BaseSettings):
         le=1.0,
         description="Min mean similarity of the one-to-one block pairing (unset: calibrated).",
     )
-    top_k: int = Field(
-        default=DEFAULT_TOP_K, ge=1, le=1000, description="Nearest stored blocks per query block."
+    top_k: int | None = Field(
+        default=None, ge=1, le=1000, description="Nearest stored blocks per query block (unset: calibrated)."
     )
-    shortlist_size: int = Field(
-        default=DEFAULT_SHORTLIST_SIZE,
+    shortlist_size: int | None = Field(
+        default=None,
         ge=1,
         le=100,
-        description="Pallets verified per query by one-to-one block pairing (most neighbour evidence first).",
+        description="Pallets verified per query by one-to-one block pairing (unset: calibrated).",
     )
-    captures_per_pallet: int = Field(
-        default=3,
+    captures_per_pallet: int | None = Field(
+        default=None,
         ge=1,
         le=50,
-        description="Most recent stored captures (receipts, dispatches) verified per shortlisted pallet.",
+        description="Most recent stored captures verified per shortlisted pallet (unset: calibrated).",
     )
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list size.")
     max_candidates: int = Field(default=5, ge=1, description="Candidates reported per match result.")
@@ -109,30 +107,3 @@ class Settings(BaseSettings):
     def max_request_bytes(self) -> int:
         """Largest acceptable request body: every allowed block at its size limit plus the form fields."""
         return self.max_blocks * self.max_image_bytes + 16 * self.max_form_field_bytes
-
-    def voting_thresholds(self) -> VotingThresholds:
-        """The explicitly set thresholds, the calibrated ones from ``thresholds_file`` for the rest."""
-        if (
-            self.block_threshold is not None
-            and self.min_votes is not None
-            and self.score_threshold is not None
-        ):
-            return VotingThresholds(self.block_threshold, self.min_votes, self.score_threshold)
-        try:
-            calibrated = read_thresholds(self.thresholds_file)
-        except (OSError, ValueError) as error:
-            raise ConfigurationError(
-                f"cannot read the matching thresholds from {self.thresholds_file} ({error}): set "
-                "PALLETREID_THRESHOLDS_FILE to the thresholds.json written by `palletreid evaluate "
-                "--calibrate` for this model, or set PALLETREID_BLOCK_THRESHOLD, PALLETREID_MIN_VOTES and "
-                "PALLETREID_SCORE_THRESHOLD"
-            ) from error
-        return VotingThresholds(
-            block_threshold=self.block_threshold
-            if self.block_threshold is not None
-            else calibrated.block_threshold,
-            min_votes=self.min_votes if self.min_votes is not None else calibrated.min_votes,
-            score_threshold=self.score_threshold
-            if self.score_threshold is not None
-            else calibrated.score_threshold,
-        )

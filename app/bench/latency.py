@@ -30,6 +30,8 @@ import numpy as np
 from app.bench.timing import latency_summary
 from app.db.session import build_engine, build_session_factory
 from app.db.tables import EventKind
+from app.main import model_path
+from app.matching.parameters import decision_parameters_in_force
 from app.matching.service import MatchingConfig, MatchingService
 from app.settings import Settings
 from models.runtime.images import decode_image
@@ -186,7 +188,9 @@ def identify_breakdown(
 ) -> dict[str, Any]:
     """Per-dispatch time of the database identification vs the model on the same six images."""
     engine = build_engine(database_url, pool_size=1)
-    config = MatchingConfig.from_settings(settings)
+    config = MatchingConfig.from_settings(
+        settings, decision_parameters_in_force(settings, embedder.metadata, model_path(settings)).parameters
+    )
     db_seconds = []
     try:
         factory = build_session_factory(engine)

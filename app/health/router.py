@@ -20,5 +20,9 @@ def healthz() -> Liveness:
 
 @router.get("/readyz", responses=error_responses(ServiceNotReadyError))
 def readyz(request: Request, session: SessionDep) -> Readiness:
-    """Readiness: database reachable, migrations at head, model loaded with the column's embedding size."""
-    return check_readiness(session, getattr(request.app.state, "model_runner", None))
+    """Readiness: database reachable, migrations at head, model loaded with the column's embedding size;
+    shows the decision parameters in force and where they came from."""
+    state = request.app.state
+    return check_readiness(
+        session, getattr(state, "model_runner", None), getattr(state, "decision_parameters", None)
+    )

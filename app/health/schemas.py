@@ -11,6 +11,21 @@ class Liveness(BaseModel):
     status: str
 
 
+class DecisionParametersOut(BaseModel):
+    """The decision parameters in force, where the calibrated ones came from, what the environment changed."""
+
+    model_id: str
+    block_threshold: float
+    min_votes: int
+    score_threshold: float
+    top_k: int
+    shortlist_size: int
+    captures_per_pallet: int
+    fingerprint_normalisation: str
+    source: str
+    overridden: list[str]
+
+
 class Readiness(BaseModel):
     """Returned only when every check passed (otherwise a 503 error names the failed checks)."""
 
@@ -22,6 +37,18 @@ class Readiness(BaseModel):
                     "model": "pcb_resnet18-p4x128-0123456789ab",
                     "embedding_dim": 512,
                     "schema_revision": ["0001"],
+                    "decision_parameters": {
+                        "model_id": "pcb_resnet18-p4x128-0123456789ab",
+                        "block_threshold": 0.7,
+                        "min_votes": 2,
+                        "score_threshold": 0.64,
+                        "top_k": 10,
+                        "shortlist_size": 10,
+                        "captures_per_pallet": 3,
+                        "fingerprint_normalisation": "l2",
+                        "source": "checkpoint /srv/models/pcb_resnet18.safetensors",
+                        "overridden": [],
+                    },
                 }
             ]
         }
@@ -31,3 +58,4 @@ class Readiness(BaseModel):
     model: str
     embedding_dim: int
     schema_revision: list[str]
+    decision_parameters: DecisionParametersOut

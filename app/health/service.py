@@ -10,13 +10,16 @@ from sqlalchemy.orm import Session
 from app.db.migrations import head_revisions
 from app.errors import ServiceNotReadyError
 from app.health.repository import HealthRepository
-from app.health.schemas import Readiness
+from app.health.schemas import DecisionParametersOut, Readiness
+from app.matching.parameters import DecisionParametersInForce
 from app.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
 
-def check_readiness(session: Session, model: ModelRunner | None) -> Readiness:
+def check_readiness(
+    session: Session, model: ModelRunner | None, decision: DecisionParametersInForce | None
+) -> Readiness:
     """Run every check; raise ``ServiceNotReadyError`` (503) naming all that failed."""
     repository = HealthRepository(session)
     problems: list[str] = []
@@ -40,11 +43,26 @@ def check_readiness(session: Session, model: ModelRunner | None) -> Readiness:
         problems.append(
             f"model embedding_dim {model.embedding_dim} != fingerprints column dimension {column_dim}"
         )
-    if problems or model is None:
+    if decision is None:
+        problems.append("decision parameters not resolved")
+    if problems or model is None or decision is None:
         raise ServiceNotReadyError("; ".join(problems))
+    parameters = decision.parameters
     return Readiness(
         status="ready",
         model=model.model_id,
         embedding_dim=model.embedding_dim,
         schema_revision=sorted(current),
+        decision_parameters=DecisionParametersOut(
+            model_id=parameters.model_id,
+            block_threshold=parameters.thresholds.block_threshold,
+            min_votes=parameters.thresholds.min_votes,
+            score_threshold=parameters.thresholds.score_threshold,
+            top_k=parameters.rule.top_k,
+            shortlist_size=parameters.rule.shortlist_size,
+            captures_per_pallet=parameters.rule.captures_per_pallet,
+            fingerprint_normalisation=parameters.rule.fingerprint_normalisation,
+            source=decision.source,
+            overridden=list(decision.overridden),
+        ),
     )

@@ -41,6 +41,7 @@ from app.matching.repository import FingerprintRepository, StoredNeighbour
 from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
+from models.runtime.thresholds import DecisionParameters
 from models.runtime.voting import Decision, Neighbour, VotingThresholds, decide, shortlist, unit_rows, verify
 
 STATUS_AFTER: dict[EventKind, PalletStatus] = {
@@ -59,12 +60,13 @@ class MatchingConfig:
     max_candidates: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MatchingConfig:
+    def from_settings(cls, settings: Settings, decision: DecisionParameters) -> MatchingConfig:
+        """The service's search settings with the model's decision parameters (overrides applied)."""
         return cls(
-            thresholds=settings.voting_thresholds(),
-            top_k=settings.top_k,
-            shortlist_size=settings.shortlist_size,
-            captures_per_pallet=settings.captures_per_pallet,
+            thresholds=decision.thresholds,
+            top_k=decision.rule.top_k,
+            shortlist_size=decision.rule.shortlist_size,
+            captures_per_pallet=decision.rule.captures_per_pallet,
             ef_search=settings.hnsw_ef_search,
             max_candidates=settings.max_candidates,
         )

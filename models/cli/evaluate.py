@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.evaluation.calibration import DEFAULT_MAX_UNKNOWN_MATCH_RATE
-from models.runtime.thresholds import DEFAULT_THRESHOLDS_FILE, read_thresholds
 from models.runtime.voting import DEFAULT_SHORTLIST_SIZE, DEFAULT_TOP_K
+
+if TYPE_CHECKING:
+    from models.evaluation.report import EvaluationReport
+    from models.runtime.thresholds import DecisionParameters
 
 logger = logging.getLogger(__name__)
 
@@ -43,28 +47,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--top-k",
         type=int,
-        default=DEFAULT_TOP_K,
-        help=f"neighbours per query block (default {DEFAULT_TOP_K})",
+        default=None,
+        help="neighbours per query block (default: the checkpoint's calibrated setting, else "
+        f"{DEFAULT_TOP_K})",
     )
     parser.add_argument(
         "--shortlist",
         type=int,
-        default=DEFAULT_SHORTLIST_SIZE,
+        default=None,
         help="pallets verified by one-to-one block pairing per query, the strongest by neighbour evidence "
-        f"(default {DEFAULT_SHORTLIST_SIZE})",
+        f"(default: the checkpoint's calibrated setting, else {DEFAULT_SHORTLIST_SIZE})",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--thresholds-from",
         type=Path,
         default=None,
-        help="JSON with block_threshold, min_votes, score_threshold (a thresholds.json or report.json); "
-        f"default: {DEFAULT_THRESHOLDS_FILE} if it exists, else calibrate on this data",
+        help="thresholds.json (decision parameters) or report.json to take the thresholds from; default: "
+        "the decision parameters stored in the checkpoint, else calibrate on this data",
     )
     source.add_argument(
         "--calibrate",
         action="store_true",
         help="choose the thresholds on this data and write them to OUT/thresholds.json",
+    )
+    parser.add_argument(
+        "--store-in-checkpoint",
+        action="store_true",
+        help="with --calibrate: also write the calibrated decision parameters into the checkpoint's header "
+        "(the weights stay as they are); the service then uses them",
     )
     parser.add_argument(
         "--max-unknown-match-rate",
@@ -109,29 +120,44 @@ def _parse_where(assignments: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from models.evaluation.evaluate import evaluate_checkpoint
     from models.evaluation.report import REPORT_FILE, THRESHOLDS_FILE, format_summary
-    from models.runtime.checkpoint import CheckpointError
-    from models.runtime.thresholds import write_thresholds
-    from models.runtime.voting import VotingThresholds
+    from models.runtime.checkpoint import (
+        DEFAULT_CHECKPOINT,
+        CheckpointError,
+        read_metadata,
+        store_decision_parameters,
+    )
+    from models.runtime.thresholds import read_thresholds, write_decision_parameters
 
-    thresholds_path: Path | None = args.thresholds_from
-    if thresholds_path is None and not args.calibrate and DEFAULT_THRESHOLDS_FILE.is_file():
-        thresholds_path = DEFAULT_THRESHOLDS_FILE
+    if args.store_in_checkpoint and not args.calibrate:
+        logger.error("--store-in-checkpoint needs --calibrate")
+        return 2
+    checkpoint: Path = args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT
     try:
-        thresholds = read_thresholds(thresholds_path) if thresholds_path is not None else None
-        if thresholds is None and not args.calibrate:
+        stored = read_metadata(checkpoint).decision
+        top_k = args.top_k or (stored.rule.top_k if stored else DEFAULT_TOP_K)
+        shortlist_size = args.shortlist or (stored.rule.shortlist_size if stored else DEFAULT_SHORTLIST_SIZE)
+        if args.calibrate:
+            thresholds, source = None, "calibrated"
+        elif args.thresholds_from is not None:
+            thresholds, source = read_thresholds(args.thresholds_from), str(args.thresholds_from)
+        elif stored is not None:
+            thresholds, source = stored.thresholds, f"checkpoint {checkpoint}"
+        else:
             logger.warning(
-                "no thresholds given or shipped: calibrating on the evaluation data (optimistic figures)"
+                "no thresholds given or stored in the checkpoint: calibrating on the evaluation data "
+                "(optimistic figures)"
             )
+            thresholds, source = None, "calibrated"
         report = evaluate_checkpoint(
             args.checkpoint,
             args.data,
             out_dir=args.out,
             split=args.split,
             unknown_fraction=args.unknown_fraction,
-            top_k=args.top_k,
-            shortlist_size=args.shortlist,
+            top_k=top_k,
+            shortlist_size=shortlist_size,
             thresholds=thresholds,
-            thresholds_source=str(thresholds_path) if thresholds_path is not None else "calibrated",
+            thresholds_source=source,
             max_unknown_match_rate=args.max_unknown_match_rate,
             batch_size=args.batch_size,
             num_threads=args.threads,
@@ -140,26 +166,42 @@ def run(args: argparse.Namespace) -> int:
             query_where=_parse_where(args.query_where),
             gallery_where=_parse_where(args.gallery_where),
         )
+        report.write_json(args.out / REPORT_FILE)
+        calibrated = _calibrated_parameters(report)
+        if calibrated is not None:
+            write_decision_parameters(args.out / THRESHOLDS_FILE, calibrated)
+            if args.store_in_checkpoint:
+                store_decision_parameters(checkpoint, calibrated)
+                print(f"decision parameters stored in {checkpoint}")
     except (OSError, ValueError, CheckpointError) as error:
         logger.error("evaluation failed: %s", error)
         return 1
-
-    report.write_json(args.out / REPORT_FILE)
-    if report.pallet is not None and report.pallet.calibration is not None:
-        write_thresholds(
-            args.out / THRESHOLDS_FILE,
-            VotingThresholds(
-                block_threshold=float(report.pallet.thresholds["block_threshold"]),
-                min_votes=int(report.pallet.thresholds["min_votes"]),
-                score_threshold=float(report.pallet.thresholds["score_threshold"]),
-            ),
-            model_id=report.model_id,
-            dataset=report.dataset,
-            top_k=report.pallet.top_k,
-            shortlist_size=report.pallet.shortlist_size,
-            **report.pallet.calibration,
-            calibration_figures=report.pallet.at_thresholds,
-        )
     print(format_summary(report))
     print(f"\nreport: {args.out / REPORT_FILE}")
     return 0
+
+
+def _calibrated_parameters(report: EvaluationReport) -> DecisionParameters | None:
+    """The decision parameters this run calibrated (None when it applied given thresholds)."""
+    from models.runtime.thresholds import DecisionParameters, RuleSettings
+    from models.runtime.voting import VotingThresholds
+
+    pallet = report.pallet
+    if pallet is None or pallet.calibration is None:
+        return None
+    return DecisionParameters(
+        model_id=report.model_id,
+        thresholds=VotingThresholds(
+            block_threshold=float(pallet.thresholds["block_threshold"]),
+            min_votes=int(pallet.thresholds["min_votes"]),
+            score_threshold=float(pallet.thresholds["score_threshold"]),
+        ),
+        rule=RuleSettings(top_k=pallet.top_k, shortlist_size=pallet.shortlist_size),
+        calibration={
+            "dataset": report.dataset,
+            **pallet.calibration,
+            # The protocol's gallery holds one capture (the receipt) per pallet.
+            "gallery_captures_per_pallet": 1,
+            "calibration_figures": pallet.at_thresholds,
+        },
+    )

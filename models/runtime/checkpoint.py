@@ -1,8 +1,9 @@
-"""Inference checkpoints: PCB weights in safetensors with everything needed to use them in the header.
+"""Inference checkpoints: a model is one artefact, PCB weights in safetensors with all it takes to use them.
 
-The header carries the architecture, the preprocessing (input size, mean, std) and a ``model_id`` derived from
-the stored weights, so a fingerprint can always be traced to the exact model that produced it. Classifiers are
-training-only and are not stored.
+The header carries the architecture, the preprocessing (input size, mean, std), the embedding size, a
+``model_id`` derived from the stored weights (so a fingerprint can always be traced to the exact model that
+produced it) and, once calibrated, the model's decision parameters (:mod:`models.runtime.thresholds`), which
+name the same ``model_id``. Classifiers are training-only and are not stored.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from models.runtime.pcb import PCB, build_model
+from models.runtime.thresholds import DecisionParameters
 from models.runtime.transforms import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ DEFAULT_CHECKPOINT: Path = Path(__file__).resolve().parent.parent / "checkpoints
 FORMAT_KEY = "palletreid_format"
 FORMAT_VERSION = "1"
 CLASSIFIER_PREFIX = "classifiers."
+DECISION_KEY = "decision"
 
 
 class CheckpointError(RuntimeError):
@@ -50,6 +53,8 @@ class CheckpointMetadata:
     """Filled in by ``save_checkpoint`` from the stored weights; leave empty when creating metadata."""
     training: dict[str, Any] = field(default_factory=dict)
     """Free-form training information (dataset, steps, losses, ...), stored as JSON."""
+    decision: DecisionParameters | None = None
+    """The calibrated decision parameters of this model (None: not calibrated yet)."""
 
     @property
     def embedding_dim(self) -> int:
@@ -72,7 +77,11 @@ class CheckpointMetadata:
         )
 
     def to_header(self) -> dict[str, str]:
-        header = {key: json.dumps(value) for key, value in asdict(self).items()}
+        values = asdict(self)
+        del values[DECISION_KEY]
+        header = {key: json.dumps(value) for key, value in values.items()}
+        if self.decision is not None:
+            header[DECISION_KEY] = json.dumps(self.decision.to_dict(), sort_keys=True)
         header["embedding_dim"] = json.dumps(self.embedding_dim)
         header[FORMAT_KEY] = FORMAT_VERSION
         return header
@@ -90,6 +99,8 @@ class CheckpointMetadata:
             for item in fields(cls):
                 if item.name in header:
                     values[item.name] = json.loads(header[item.name])
+            if DECISION_KEY in values:
+                values[DECISION_KEY] = DecisionParameters.from_dict(values[DECISION_KEY])
             values["mean"] = tuple(float(v) for v in values["mean"])
             values["std"] = tuple(float(v) for v in values["std"])
             metadata = cls(**values)
@@ -97,6 +108,11 @@ class CheckpointMetadata:
             raise CheckpointError(
                 f"{source} has incomplete or invalid metadata ({error}); re-export it with `palletreid train`"
             ) from error
+        if metadata.decision is not None and metadata.decision.model_id != metadata.model_id:
+            raise CheckpointError(
+                f"{source} carries decision parameters calibrated for {metadata.decision.model_id}, not for "
+                f"its own weights ({metadata.model_id}); recalibrate with `palletreid evaluate --calibrate`"
+            )
         stored_dim = header.get("embedding_dim")
         if stored_dim is not None and json.loads(stored_dim) != metadata.embedding_dim:
             raise CheckpointError(
@@ -130,12 +146,23 @@ def inference_state(model: PCB, *, half: bool = False) -> dict[str, torch.Tensor
     return state
 
 
+def _model_id(arch: str, num_parts: int, part_dim: int, state: dict[str, torch.Tensor]) -> str:
+    return f"{arch}-p{num_parts}x{part_dim}-{_weights_digest(state)[:12]}"
+
+
 def save_checkpoint(
     model: PCB, path: Path, *, metadata: CheckpointMetadata, half: bool = False
 ) -> CheckpointMetadata:
-    """Write the inference checkpoint of ``model`` to ``path``; returns the metadata with its ``model_id``."""
+    """Write the inference checkpoint of ``model`` to ``path``; returns the metadata with its ``model_id``.
+
+    Decision parameters in ``metadata`` are kept only if they name the resulting ``model_id``.
+    """
     state = inference_state(model, half=half)
-    model_id = f"{model.arch}-p{model.num_parts}x{model.part_dim}-{_weights_digest(state)[:12]}"
+    model_id = _model_id(model.arch, model.num_parts, model.part_dim, state)
+    if metadata.decision is not None and metadata.decision.model_id != model_id:
+        raise CheckpointError(
+            f"decision parameters for {metadata.decision.model_id} cannot go into a checkpoint of {model_id}"
+        )
     final = replace(
         metadata,
         arch=model.arch,
@@ -145,12 +172,41 @@ def save_checkpoint(
         last_stride=model.last_stride,
         model_id=model_id,
     )
+    _write(path, state, final)
+    logger.info("saved checkpoint %s (%s)", path, model_id)
+    return final
+
+
+def _write(path: Path, state: dict[str, torch.Tensor], metadata: CheckpointMetadata) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    save_file(state, str(temporary), metadata=final.to_header())
+    save_file(state, str(temporary), metadata=metadata.to_header())
+    temporary.chmod(path.stat().st_mode if path.exists() else 0o644)
     temporary.replace(path)
-    logger.info("saved checkpoint %s (%s)", path, model_id)
+
+
+def store_decision_parameters(path: Path, parameters: DecisionParameters) -> CheckpointMetadata:
+    """Write calibrated decision parameters into the checkpoint at ``path``; the weights stay as they are.
+
+    Refuses parameters calibrated for another model, and a file whose weights no longer give its ``model_id``.
+    """
+    path = Path(path)
+    metadata = read_metadata(path)
+    if parameters.model_id != metadata.model_id:
+        raise CheckpointError(
+            f"decision parameters were calibrated for {parameters.model_id}, but {path} holds "
+            f"{metadata.model_id}"
+        )
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} weights are unreadable ({error}); re-export it") from error
+    if _model_id(metadata.arch, metadata.num_parts, metadata.part_dim, state) != metadata.model_id:
+        raise CheckpointError(f"{path}: the weights do not match its model_id {metadata.model_id}")
+    final = replace(metadata, decision=parameters)
+    _write(path, state, final)
+    logger.info("stored decision parameters of %s in %s", metadata.model_id, path)
     return final
 
 

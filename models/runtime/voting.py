@@ -42,6 +42,10 @@ DEFAULT_TOP_K = 10
 """Nearest stored blocks looked up per query block."""
 DEFAULT_SHORTLIST_SIZE = 10
 """Pallets verified per query: enough that the true pallet is almost always among them (see the CMC)."""
+DEFAULT_CAPTURES_PER_PALLET = 3
+"""Most recent stored captures (receipts, dispatches) verified per shortlisted pallet."""
+FINGERPRINT_NORMALISATION = "l2"
+"""What :func:`unit_rows` does to every fingerprint before similarities are taken (the rule's only one)."""
 
 
 @dataclass(frozen=True, slots=True)
