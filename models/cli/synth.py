@@ -9,7 +9,7 @@ from pathlib import Path
 
 from models.synth.dataset import SynthConfig, generate_dataset
 from models.synth.preview import contact_sheet
-from models.synth.styles import STYLES, parse_styles
+from models.synth.registry import ALL, DEFAULT_FAMILY, FAMILIES, parse_families, parse_styles
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write a synthetic dataset of pallet-block captures (metadata.csv layout)",
         description=(
             "Render six blocks per pallet, each captured by several cameras over several frames, as JPEG "
-            "files plus metadata.csv (pallet_id,path,camera,frame,block,style,aged,material). "
-            "Same arguments give byte-identical files. Pallet ids derive from the pallet index, "
-            "so use disjoint --first-pallet ranges for train and evaluation sets."
+            "files plus metadata.csv (pallet_id,path,camera,frame,block,style,aged,material,family). "
+            "Each family is an independent generator (wood, ageing, cameras); with several families each "
+            "renders --pallets pallets under its own pallet-id prefix. Same arguments give byte-identical "
+            "files. Pallet ids derive from the pallet index, so use disjoint --first-pallet ranges for "
+            "train and evaluation sets."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -32,9 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cameras", type=int, default=2, help="cameras per pallet")
     parser.add_argument("--frames", type=int, default=2, help="frames per camera and block")
     parser.add_argument(
+        "--family",
+        default=DEFAULT_FAMILY,
+        help=f"comma-separated families ({', '.join(FAMILIES)}) or {ALL}",
+    )
+    styles = "; ".join(f"{name}: {', '.join(family.styles)}" for name, family in FAMILIES.items())
+    parser.add_argument(
         "--styles",
-        default=",".join(STYLES),
-        help=f"comma-separated station styles to draw from ({', '.join(STYLES)})",
+        default="",
+        help=f"comma-separated station styles to draw from (default: all of each family; {styles})",
     )
     parser.add_argument(
         "--aged", action="store_true", help="also capture every block aged (as many frames again)"
@@ -48,7 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preview",
         type=Path,
         metavar="PNG",
-        help="also write a contact sheet (identities x captures) of the dataset to this PNG file",
+        help="also write a contact sheet (identities of each family x captures) to this PNG file",
+    )
+    parser.add_argument(
+        "--preview-scale",
+        type=float,
+        default=1.0,
+        help="size of the contact sheet's tiles relative to a capture",
     )
     parser.set_defaults(handler=run)
 
@@ -61,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             cameras=args.cameras,
             frames=args.frames,
             styles=parse_styles(args.styles),
+            families=parse_families(args.family),
             aged=args.aged,
             seed=args.seed,
             width=args.width,
@@ -79,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", error)
         return 1
     elapsed = time.perf_counter() - started
-    total = config.pallets * config.captures_per_pallet
+    total = config.total_captures
     logger.info("%d captures in %.1f s (%.0f captures/s)", total, elapsed, total / elapsed)
     if args.preview is not None:
         args.preview.parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(args.out_dir).save(args.preview)
+        contact_sheet(args.out_dir, scale=args.preview_scale).save(args.preview, optimize=True)
         logger.info("wrote contact sheet %s", args.preview)
     print(metadata)
     return 0

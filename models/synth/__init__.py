@@ -1,11 +1,12 @@
 """Deterministic synthetic captures of Euro-pallet blocks (the only training data the network sees).
 
-Identity lives in each block's base texture (``texture``); everything a station varies is drawn per capture
-(``capture``) from named station styles (``styles``); ``dataset`` writes whole datasets in the
-``metadata.csv`` layout that ``models.data.read_dataset`` reads.
+Captures come from independent *families* (``models.synth.families``), each with its own wood model,
+ageing, capture pipeline and rendering of the shared distractors, behind one interface
+(``models.synth.family.SynthFamily``) and a registry by name (``models.synth.registry``). ``dataset``
+writes whole datasets of any families in the ``metadata.csv`` layout that ``models.data.read_dataset`` reads.
+Train on some families and evaluate on another to measure how a model transfers to a world it never saw.
 """
 
-from models.synth.capture import CameraSetup, FrameConditions, render_capture, render_capture_array
 from models.synth.dataset import (
     BLOCKS_PER_PALLET,
     METADATA_COLUMNS,
@@ -16,27 +17,33 @@ from models.synth.dataset import (
     pallet_id,
     render_pallet,
 )
-from models.synth.styles import DEFAULT_STYLES, STYLES, StationStyle, parse_styles
-from models.synth.texture import BlockTexture, age_block, render_block
+from models.synth.family import BlockKey, SynthFamily
+from models.synth.registry import (
+    ALL,
+    DEFAULT_FAMILY,
+    FAMILIES,
+    family_styles,
+    get_family,
+    parse_families,
+    parse_styles,
+)
 
 __all__ = [
+    "ALL",
     "BLOCKS_PER_PALLET",
-    "DEFAULT_STYLES",
+    "DEFAULT_FAMILY",
+    "FAMILIES",
     "METADATA_COLUMNS",
-    "STYLES",
-    "BlockTexture",
-    "CameraSetup",
-    "FrameConditions",
-    "StationStyle",
+    "BlockKey",
     "SynthCapture",
     "SynthConfig",
-    "age_block",
+    "SynthFamily",
+    "family_styles",
     "generate_dataset",
+    "get_family",
     "iter_captures",
     "pallet_id",
+    "parse_families",
     "parse_styles",
-    "render_block",
-    "render_capture",
-    "render_capture_array",
     "render_pallet",
 ]

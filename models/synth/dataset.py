@@ -1,4 +1,9 @@
-"""Whole synthetic datasets: pallets of six blocks, captured by several cameras over several frames."""
+"""Whole synthetic datasets: pallets of six blocks, captured by several cameras over several frames.
+
+Family-independent: every family renders through ``models.synth.family.SynthFamily``. With several
+families, each renders ``pallets`` pallets (its own pallet-id prefix), so a family's pallets are the same
+whichever other families are written alongside.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from models.synth.capture import CameraSetup, FrameConditions, encode_jpeg, render_capture_array
-from models.synth.styles import DEFAULT_STYLES, STYLES
-from models.synth.texture import TAG_CAMERA, TAG_FRAME, TAG_STYLE, age_block, derive_rng, render_block
+from models.synth.family import BlockKey
+from models.synth.registry import DEFAULT_FAMILY, family_styles, get_family
 
 logger = logging.getLogger(__name__)
 
@@ -32,27 +36,33 @@ METADATA_COLUMNS: tuple[str, ...] = (
     "style",
     "aged",
     "material",
+    "family",
 )
 
 
-def pallet_id(pallet_index: int) -> str:
+def pallet_id(pallet_index: int, family: str = DEFAULT_FAMILY) -> str:
     """Pallet id derived from the index, so disjoint index ranges never share ids (or identities)."""
-    return f"P{pallet_index:06d}"
+    return get_family(family).pallet_id(pallet_index)
 
 
 @dataclass(frozen=True, slots=True)
 class SynthConfig:
-    """Everything that determines a synthetic dataset; equal configs give byte-identical files."""
+    """Everything that determines a synthetic dataset; equal configs give byte-identical files.
+
+    ``styles`` empty means every station style of each family; otherwise each family draws from its own
+    styles among them (style names are unique across families).
+    """
 
     pallets: int
     first_pallet: int = 0
     cameras: int = 2
     frames: int = 2
-    styles: tuple[str, ...] = field(default=DEFAULT_STYLES)
+    styles: tuple[str, ...] = ()
     aged: bool = False
     seed: int = 0
     width: int = 280
     height: int = 175
+    families: tuple[str, ...] = field(default=(DEFAULT_FAMILY,))
 
     def __post_init__(self) -> None:
         if self.pallets < 1 or self.cameras < 1 or self.frames < 1:
@@ -61,9 +71,9 @@ class SynthConfig:
             raise ValueError("first_pallet and seed must not be negative")
         if self.width < 16 or self.height < 16:
             raise ValueError("width and height must be at least 16 pixels")
-        unknown = [name for name in self.styles if name not in STYLES]
-        if unknown or not self.styles:
-            raise ValueError(f"unknown style(s) {unknown}; choose from {', '.join(STYLES)}")
+        if not self.families or len(set(self.families)) != len(self.families):
+            raise ValueError("families must name at least one family, each once")
+        family_styles(self.families, self.styles)  # raises for unknown families and styles
 
     @property
     def size(self) -> tuple[int, int]:
@@ -77,6 +87,10 @@ class SynthConfig:
     def captures_per_pallet(self) -> int:
         return BLOCKS_PER_PALLET * self.cameras * self.frames * (2 if self.aged else 1)
 
+    @property
+    def total_captures(self) -> int:
+        return len(self.families) * self.pallets * self.captures_per_pallet
+
 
 @dataclass(frozen=True, slots=True)
 class SynthCapture:
@@ -89,6 +103,7 @@ class SynthCapture:
     style: str
     aged: bool
     material: str
+    family: str
     jpeg: bytes
 
     @property
@@ -104,81 +119,72 @@ class SynthCapture:
         image.load()
         return image
 
+    def metadata_row(self) -> dict[str, str]:
+        return {
+            "pallet_id": self.pallet_id,
+            "path": self.relative_path,
+            "camera": self.camera,
+            "frame": self.frame,
+            "block": str(self.block),
+            "style": self.style,
+            "aged": str(int(self.aged)),
+            "material": self.material,
+            "family": self.family,
+        }
 
-def camera_style(config: SynthConfig, pallet_index: int, camera: int) -> str:
-    """The station style of one camera for one pallet.
 
-    Drawn per pallet and camera, so with several styles one pallet is seen by different stations (as when it
-    is dispatched at one site and returned at another), and with one style every capture uses it.
-    """
-    rng = derive_rng(config.seed, TAG_STYLE, pallet_index, camera)
-    return config.styles[int(rng.integers(len(config.styles)))]
-
-
-def render_pallet(config: SynthConfig, pallet_index: int) -> list[SynthCapture]:
-    """All captures of one pallet: blocks x cameras x frames, then the aged frames if asked for."""
-    captures: list[SynthCapture] = []
-    identifier = pallet_id(pallet_index)
-    styles = [camera_style(config, pallet_index, camera) for camera in range(config.cameras)]
-    setups = [
-        CameraSetup.sample(STYLES[styles[camera]], derive_rng(config.seed, TAG_CAMERA, pallet_index, camera))
-        for camera in range(config.cameras)
+def render_pallet(config: SynthConfig, pallet_index: int, family: str | None = None) -> list[SynthCapture]:
+    """All captures of one pallet of ``family`` (default: the config's first): blocks x cameras x frames,
+    then the aged frames if asked for."""
+    name = family or config.families[0]
+    generator = get_family(name)
+    styles = family_styles((name,), config.styles)[name]
+    identifier = generator.pallet_id(pallet_index)
+    cameras = [
+        generator.camera(config.seed, pallet_index, camera, styles) for camera in range(config.cameras)
     ]
+    captures: list[SynthCapture] = []
     for position in range(BLOCKS_PER_PALLET):
-        new_block = render_block(config.seed, pallet_index, position, config.size)
-        textures = [(new_block, False)]
+        key = BlockKey(config.seed, pallet_index, position)
+        new_block = generator.new_block(key, config.size)
+        blocks = [(new_block, False)]
         if config.aged:
-            textures.append((age_block(new_block, config.seed, pallet_index, position), True))
-        for camera in range(config.cameras):
-            style = STYLES[styles[camera]]
-            for age_index, (texture, aged) in enumerate(textures):
-                for frame_in_age in range(config.frames):
-                    frame = age_index * config.frames + frame_in_age
-                    conditions = FrameConditions.sample(
-                        style, derive_rng(config.seed, TAG_FRAME, pallet_index, position, camera, frame)
-                    )
-                    pixels = render_capture_array(texture, setups[camera], conditions, config.size)
+            blocks.append((generator.aged_block(new_block, key), True))
+        for camera_index, camera in enumerate(cameras):
+            for age_index, (block, aged) in enumerate(blocks):
+                frames = [age_index * config.frames + frame for frame in range(config.frames)]
+                files = generator.capture_frames(block, camera, key, camera_index, frames, config.size)
+                for frame, jpeg in zip(frames, files, strict=True):
                     captures.append(
                         SynthCapture(
                             pallet_id=identifier,
                             block=position,
-                            camera=f"cam_{camera + 1}",
+                            camera=f"cam_{camera_index + 1}",
                             frame=f"{frame:03d}",
-                            style=style.name,
+                            style=generator.camera_style(camera),
                             aged=aged,
-                            material=texture.material,
-                            jpeg=encode_jpeg(pixels, conditions.jpeg_quality),
+                            material=generator.material(block),
+                            family=name,
+                            jpeg=jpeg,
                         )
                     )
     return captures
 
 
 def iter_captures(config: SynthConfig) -> Iterator[SynthCapture]:
-    """Captures of every pallet in order, in memory (for training without writing files)."""
-    for pallet_index in config.pallet_indices:
-        yield from render_pallet(config, pallet_index)
+    """Captures of every pallet of every family in order, in memory (for training without writing files)."""
+    for family in config.families:
+        for pallet_index in config.pallet_indices:
+            yield from render_pallet(config, pallet_index, family)
 
 
-def _write_pallet(task: tuple[SynthConfig, int, Path]) -> list[dict[str, str]]:
-    config, pallet_index, out_dir = task
-    rows = []
-    captures = render_pallet(config, pallet_index)
-    (out_dir / "images" / pallet_id(pallet_index)).mkdir(parents=True, exist_ok=True)
+def _write_pallet(task: tuple[SynthConfig, str, int, Path]) -> list[dict[str, str]]:
+    config, family, pallet_index, out_dir = task
+    captures = render_pallet(config, pallet_index, family)
+    (out_dir / "images" / captures[0].pallet_id).mkdir(parents=True, exist_ok=True)
     for capture in captures:
         (out_dir / capture.relative_path).write_bytes(capture.jpeg)
-        rows.append(
-            {
-                "pallet_id": capture.pallet_id,
-                "path": capture.relative_path,
-                "camera": capture.camera,
-                "frame": capture.frame,
-                "block": str(capture.block),
-                "style": capture.style,
-                "aged": str(int(capture.aged)),
-                "material": capture.material,
-            }
-        )
-    return rows
+    return [capture.metadata_row() for capture in captures]
 
 
 def generate_dataset(
@@ -194,7 +200,9 @@ def generate_dataset(
     if metadata_path.exists() and not overwrite:
         raise FileExistsError(f"{metadata_path} exists; choose another directory or allow overwriting")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [(config, index, out_dir) for index in config.pallet_indices]
+    tasks = [
+        (config, family, index, out_dir) for family in config.families for index in config.pallet_indices
+    ]
     bar = tqdm(total=len(tasks), unit="pallet", desc="synth", disable=not progress)
     rows: list[dict[str, str]] = []
     if workers > 1:
@@ -216,12 +224,13 @@ def generate_dataset(
         writer.writerows(rows)
     settings = asdict(config)
     settings["styles"] = list(config.styles)
+    settings["families"] = list(config.families)
     (out_dir / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     logger.info(
         "wrote %d captures of %d pallets (%d block identities) to %s",
         len(rows),
-        config.pallets,
-        config.pallets * BLOCKS_PER_PALLET,
+        len(tasks),
+        len(tasks) * BLOCKS_PER_PALLET,
         out_dir,
     )
     return metadata_path

@@ -16,7 +16,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from models.synth.stamps import STAMP_DESIGNS, STAMP_WEIGHTS, draw_stamp
+from models.synth.families.chipsplat.stamps import STAMP_DESIGNS, STAMP_WEIGHTS, draw_stamp
+from models.synth.seeding import derive_rng
 
 SUPERSAMPLE = 1.5  # base texture resolution relative to the capture output
 FACE_MARGIN = 0.22  # canvas margin around the face on each side, fraction of the face size
@@ -32,11 +33,6 @@ TAG_STYLE = 5
 FloatArray = np.ndarray
 Point = tuple[float, float]
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1
-
-
-def derive_rng(seed: int, *keys: int) -> np.random.Generator:
-    """An independent random stream for (seed, keys): the same keys always give the same numbers."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy=seed, spawn_key=keys)))
 
 
 @dataclass(frozen=True, slots=True)

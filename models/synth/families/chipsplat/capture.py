@@ -10,8 +10,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageFilter
 
-from models.synth.styles import StationStyle
-from models.synth.texture import BlockTexture
+from models.synth.families.chipsplat.styles import StationStyle
+from models.synth.families.chipsplat.texture import BlockTexture
 
 
 def _symmetric(rng: np.random.Generator, bounds: tuple[float, float]) -> float:

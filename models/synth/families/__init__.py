@@ -1,0 +1,1 @@
+"""Independent families of synthetic captures (separate code each; see ``models.synth.family``)."""
