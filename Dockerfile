@@ -8,20 +8,25 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /srv/palletreid
 
-# Dependencies first (cached while only the source changes).
+# Dependencies first (cached while only the source changes): the service's base dependencies only.
 COPY pyproject.toml README.md ./
-RUN mkdir -p app models \
-    && touch app/__init__.py models/__init__.py \
+RUN mkdir -p app models migrations bench \
+    && touch app/__init__.py models/__init__.py migrations/__init__.py bench/__init__.py \
     && pip install --extra-index-url https://download.pytorch.org/whl/cpu . \
-    && pip uninstall -y palletreid
+    && pip uninstall -y palletreid \
+    && rm -rf app models migrations bench build
 
-COPY alembic.ini ./
-COPY migrations ./migrations
-COPY models ./models
-COPY app ./app
-# Editable install: the service finds migrations/ next to app/ (that is where alembic runs them from).
-RUN pip install --no-deps -e . \
-    && useradd --system --home-dir /srv/palletreid palletreid
+# The package itself, installed (not editable): migrations and the shipped model come as package data,
+# so the image needs no source tree at run time.
+COPY app ./src/app
+COPY models ./src/models
+COPY migrations ./src/migrations
+COPY bench ./src/bench
+RUN cp pyproject.toml README.md src/ \
+    && pip install --no-deps ./src \
+    && rm -rf src \
+    && useradd --system --home-dir /srv/palletreid palletreid \
+    && mkdir -p /srv/palletreid/var && chown palletreid /srv/palletreid/var
 
 USER palletreid
 EXPOSE 8000
@@ -31,10 +36,12 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
 CMD ["palletreid", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 
-# Test image: the runtime plus pytest/ruff/mypy and the tests, run against the compose database.
+# Test image: the runtime plus the offline extras, pytest/ruff/mypy and a source tree to test, run against the
+# compose database.
 FROM runtime AS test
 USER root
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -e ".[dev]"
-COPY tests ./tests
+COPY . ./
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -e ".[dev]" \
+    && chown -R palletreid /srv/palletreid
 USER palletreid
 CMD ["pytest", "-q"]

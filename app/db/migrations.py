@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -12,13 +10,15 @@ from sqlalchemy import Connection
 
 from app.db.session import normalise_database_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+SCRIPT_LOCATION = "migrations:"
+"""The installed ``migrations`` package as a package resource: works from a wheel, not only a checkout."""
 
 
 def alembic_config(database_url: str | None = None) -> Config:
-    """Alembic config for ``migrations/``; without ``database_url`` the env falls back to the settings."""
+    """Alembic config for the ``migrations`` package; without ``database_url`` the env falls back to the
+    settings."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", SCRIPT_LOCATION)
     if database_url is not None:
         config.attributes["database_url"] = normalise_database_url(database_url)
     return config

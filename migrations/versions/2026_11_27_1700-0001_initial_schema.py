@@ -14,12 +14,14 @@ from alembic import op
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy.dialects import postgresql
 
-from app.db.tables import EMBEDDING_DIM, HNSW_INDEX_NAME
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# Frozen at this revision: a later change of the ORM's constants must not rewrite this migration's history.
+EMBEDDING_DIM = 512
+HNSW_INDEX_NAME = "ix_fingerprints_embedding_hnsw"
 
 
 def upgrade() -> None:

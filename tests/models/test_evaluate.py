@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +19,14 @@ from models.evaluation.evaluate import block_pair_similarities
 from models.evaluation.open_set import OpenSetFigures
 from models.evaluation.plots import plot_cmc, plot_det, plot_score_histogram
 from models.evaluation.protocol import build_open_set, split_unknown_pallets
-from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint
+from models.runtime.checkpoint import CheckpointMetadata, read_metadata, save_checkpoint
 from models.runtime.pcb import build_model
-from models.runtime.thresholds import read_thresholds, write_thresholds
+from models.runtime.thresholds import (
+    DecisionParameters,
+    read_decision_parameters,
+    read_thresholds,
+    write_decision_parameters,
+)
 from models.runtime.voting import VotingThresholds
 from models.training.data import BlockImageRecord
 
@@ -262,7 +269,9 @@ def test_calibration_without_unknown_pallets_fails_cleanly(
 def test_without_unknown_pallets_open_set_rates_are_null(
     tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    thresholds = write_thresholds(tmp_path / "t.json", VotingThresholds(0.0, 1, 0.0))
+    thresholds = write_decision_parameters(
+        tmp_path / "t.json", DecisionParameters(model_id="any", thresholds=VotingThresholds(0.0, 1, 0.0))
+    )
     arguments = ["evaluate", "--data", str(tiny_dataset), "--checkpoint", str(tiny_checkpoint)]
     arguments += [
         "--out",
@@ -281,3 +290,22 @@ def test_without_unknown_pallets_open_set_rates_are_null(
     # Every block votes and every score clears 0, so each query is matched to some pallet.
     assert pallet["at_thresholds"]["false_reject_rate"] == 0.0
     assert "n/a" in capsys.readouterr().out
+
+
+def test_calibration_stored_in_the_checkpoint_is_used_by_default(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "model.safetensors"
+    shutil.copy(tiny_checkpoint, checkpoint)
+    common = ["evaluate", "--data", str(tiny_dataset), "--checkpoint", str(checkpoint), "--threads", "1"]
+    assert main([*common, "--out", str(tmp_path / "calib"), "--calibrate", "--store-in-checkpoint"]) == 0
+
+    stored = read_metadata(checkpoint).decision
+    assert stored is not None and stored == read_decision_parameters(tmp_path / "calib" / "thresholds.json")
+    assert stored.model_id == read_metadata(tiny_checkpoint).model_id
+    assert (stored.rule.top_k, stored.calibration["gallery_captures_per_pallet"]) == (10, 1)
+
+    assert main([*common, "--out", str(tmp_path / "again")]) == 0
+    applied = json.loads((tmp_path / "again" / "report.json").read_text())["pallet"]
+    assert applied["thresholds_source"] == f"checkpoint {checkpoint}"
+    assert applied["thresholds"] == dataclasses.asdict(stored.thresholds)

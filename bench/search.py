@@ -20,9 +20,9 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 
-from app.bench.gallery import Gallery
-from app.bench.timing import latency_summary
 from app.db.tables import EMBEDDING_DIM
+from bench.gallery import Gallery
+from bench.timing import latency_summary
 
 logger = logging.getLogger(__name__)
 

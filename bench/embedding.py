@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from app.bench.config import SERVICE_VARIANT, BenchConfig
-from app.bench.timing import measure_rate
 from app.model_runner import ModelRunner
 from app.settings import Settings
+from bench.config import SERVICE_VARIANT, BenchConfig
+from bench.timing import measure_rate
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
 

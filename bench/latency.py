@@ -27,13 +27,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from app.bench.timing import latency_summary
 from app.db.session import build_engine, build_session_factory
 from app.db.tables import EventKind
-from app.main import model_path
-from app.matching.parameters import decision_parameters_in_force
 from app.matching.service import MatchingConfig, MatchingService
 from app.settings import Settings
+from bench.timing import latency_summary
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
 
@@ -183,14 +181,12 @@ def identify_breakdown(
     payloads: Sequence[Sequence[bytes]],
     query_fingerprints: np.ndarray,
     settings: Settings,
+    config: MatchingConfig,
     *,
     repeats: int,
 ) -> dict[str, Any]:
     """Per-dispatch time of the database identification vs the model on the same six images."""
     engine = build_engine(database_url, pool_size=1)
-    config = MatchingConfig.from_settings(
-        settings, decision_parameters_in_force(settings, embedder.metadata, model_path(settings)).parameters
-    )
     db_seconds = []
     try:
         factory = build_session_factory(engine)
@@ -216,8 +212,8 @@ def identify_breakdown(
     db = latency_summary(db_seconds)
     embed = latency_summary(embed_seconds)
     return {
-        "top_k": settings.top_k,
-        "ef_search": settings.hnsw_ef_search,
+        "top_k": config.top_k,
+        "ef_search": config.ef_search,
         "identify_db": db,
         "embed_six_blocks": embed,
         "bound_by": "network" if embed["p50_ms"] >= db["p50_ms"] else "database",

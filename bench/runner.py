@@ -17,20 +17,23 @@ import numpy as np
 import torch
 from sqlalchemy import create_engine, text
 
-from app.bench.captures import PalletImages, render_pallets
-from app.bench.config import EXTRAPOLATION_PALLETS, BenchConfig
-from app.bench.embedding import run_embedding
-from app.bench.gallery import Gallery, perturbed_fingerprints, service_hnsw_m
-from app.bench.growth import run_growth
-from app.bench.latency import http_dispatch_load, identify_breakdown, latency_targets, running_server
-from app.bench.search import RECALL_TARGET, index_variants, run_search
 from app.db.embedded import embedded_postgres
 from app.db.migrations import upgrade_to_head
 from app.db.session import throwaway_database
+from app.matching.parameters import decision_parameters_in_force
+from app.matching.service import MatchingConfig
 from app.settings import Settings
+from bench.captures import PalletImages, render_pallets
+from bench.config import EXTRAPOLATION_PALLETS, BenchConfig
+from bench.embedding import run_embedding
+from bench.gallery import Gallery, perturbed_fingerprints, service_hnsw_m
+from bench.growth import run_growth
+from bench.latency import http_dispatch_load, identify_breakdown, latency_targets, running_server
+from bench.search import RECALL_TARGET, index_variants, run_search
 from models.runtime.checkpoint import DEFAULT_CHECKPOINT
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
+from models.runtime.thresholds import DecisionParameters
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     checkpoint = config.checkpoint or DEFAULT_CHECKPOINT
     started = time.perf_counter()
     embedder = Embedder.load(checkpoint, num_threads=config.threads)
+    # What the service would decide with for this checkpoint (refuses an uncalibrated one without thresholds).
+    decision = decision_parameters_in_force(settings, embedder.metadata, checkpoint)
     config_dict = {
         key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(config).items()
     }
@@ -122,8 +127,13 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         },
         "service_settings": {
             "embed_batch_size": settings.embed_batch_size,
-            "top_k": settings.top_k,
             "hnsw_ef_search": settings.hnsw_ef_search,
+            "decision_parameters": {
+                "source": decision.source,
+                "overridden": list(decision.overridden),
+                "thresholds": asdict(decision.parameters.thresholds),
+                "rule": asdict(decision.parameters.rule),
+            },
         },
         "targets": {},
         "durations_s": {},
@@ -139,7 +149,9 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
 
     if config.needs_database:
         with scratch_database(settings.database_url, config.data_dir) as database_url:
-            _run_database_sections(config, settings, embedder, checkpoint, pallets, database_url, result)
+            _run_database_sections(
+                config, settings, decision.parameters, embedder, checkpoint, pallets, database_url, result
+            )
     result["durations_s"]["total"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -147,6 +159,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
 def _run_database_sections(
     config: BenchConfig,
     settings: Settings,
+    decision: DecisionParameters,
     embedder: Embedder,
     checkpoint: Path,
     pallets: list[PalletImages],
@@ -233,7 +246,13 @@ def _run_database_sections(
                         )
                     )
                 breakdown = identify_breakdown(
-                    database_url, embedder, payloads, query, settings, repeats=max(config.requests // 2, 3)
+                    database_url,
+                    embedder,
+                    payloads,
+                    query,
+                    settings,
+                    MatchingConfig.from_settings(settings, decision),
+                    repeats=max(config.requests // 2, 3),
                 )
                 row["latency"] = {
                     "pallets": size,

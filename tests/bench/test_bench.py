@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-from app.bench import search
-from app.bench.config import QUICK, BenchConfig
-from app.bench.gallery import perturbed_fingerprints
-from app.bench.growth import log_fit, run_growth
 from app.cli import main
+from bench import search
+from bench.config import QUICK, BenchConfig
+from bench.gallery import perturbed_fingerprints
+from bench.growth import log_fit, run_growth
 
 
 def test_quick_bench_runs_every_section_and_cleans_up(
@@ -25,6 +25,9 @@ def test_quick_bench_runs_every_section_and_cleans_up(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("PALLETREID_DATABASE_URL", database_server_url)
+    # The random-weight test model carries no calibrated decision parameters: the service needs thresholds.
+    for name, value in (("BLOCK_THRESHOLD", "0.995"), ("MIN_VOTES", "3"), ("SCORE_THRESHOLD", "0.995")):
+        monkeypatch.setenv(f"PALLETREID_{name}", value)
     plots = tmp_path / "plots"
     output = tmp_path / "bench.json"
 

@@ -84,9 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from app.bench.config import preset, with_overrides
-    from app.bench.plots import write_plots
-    from app.bench.runner import run_benchmark
+    from app.errors import ConfigurationError
+    from bench.config import preset, with_overrides
+    from bench.plots import write_plots
+    from bench.runner import run_benchmark
     from models.runtime.checkpoint import CheckpointError
 
     try:
@@ -111,7 +112,7 @@ def bench(args: argparse.Namespace) -> int:
         return 2
     try:
         result = run_benchmark(config)
-    except CheckpointError as error:
+    except (CheckpointError, ConfigurationError) as error:
         logger.error("%s", error)
         return 2
     if config.plots_dir is not None:
