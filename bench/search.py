@@ -3,7 +3,8 @@
 Ground truth is exact cosine search in numpy over the very values stored (float16 ``halfvec`` rows, queries
 rounded to float16 as pgvector casts them), so recall measures the index alone. Queries go one at a time, as
 the service sends them, with the service's session settings (``hnsw.ef_search``, ``relaxed_order`` iterative
-scan, ``model_id`` filter).
+scan, ``model_id`` filter): the service's table is searched with the service's own k-NN statement
+(``app.matching.repository.nearest_fingerprints_query``), compiled once and run through psycopg.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
 from app.db.tables import EMBEDDING_DIM
+from app.matching.repository import hnsw_search_settings, nearest_fingerprints_query
 from bench.gallery import Gallery
 from bench.timing import latency_summary
 
@@ -72,21 +75,37 @@ def _timed_queries(
 
 
 class PgSearcher:
-    """k-NN over one table through psycopg, with the service's HNSW session settings."""
+    """k-NN through psycopg, one query at a time, with the service's HNSW session settings.
 
-    def __init__(
-        self, connection: psycopg.Connection[Any], *, table: str, model_id: str | None, k: int
-    ) -> None:
+    ``sql`` returns ids first and takes the query vector as ``%(query)s``; ``params`` holds the other values.
+    """
+
+    def __init__(self, connection: psycopg.Connection[Any], *, sql: str, params: dict[str, Any]) -> None:
         self._connection = connection
-        where = "WHERE model_id = %(model_id)s " if model_id is not None else ""
-        self._sql = f"SELECT id FROM {table} {where}ORDER BY embedding <=> %(query)s LIMIT %(k)s"
-        self._model_id = model_id
-        self._k = k
+        self._sql = sql
+        self._fixed_params = params
         self.vector_type: Callable[[np.ndarray], Any] = HalfVector
 
+    @classmethod
+    def for_table(cls, connection: psycopg.Connection[Any], *, table: str, k: int) -> PgSearcher:
+        """Plain k-NN over a benchmark table (``id``, ``embedding``)."""
+        sql = f"SELECT id FROM {table} ORDER BY embedding <=> %(query)s LIMIT %(k)s"
+        return cls(connection, sql=sql, params={"k": k})
+
+    @classmethod
+    def for_service(cls, connection: psycopg.Connection[Any], *, model_id: str, k: int) -> PgSearcher:
+        """The service's own k-NN statement over its ``fingerprints`` table."""
+        placeholder = np.zeros(EMBEDDING_DIM, dtype=np.float32)
+        compiled = nearest_fingerprints_query(placeholder, model_id=model_id, limit=k).compile(
+            dialect=psycopg_dialect.dialect()
+        )
+        (query_name,) = [name for name, value in compiled.params.items() if value is placeholder]
+        params = {name: value for name, value in compiled.params.items() if name != query_name}
+        return cls(connection, sql=str(compiled).replace(f"%({query_name})s", "%(query)s"), params=params)
+
     def configure(self, *, ef_search: int, exact: bool = False) -> None:
-        self._connection.execute(f"SET hnsw.ef_search = {int(ef_search)}")
-        self._connection.execute("SET hnsw.iterative_scan = relaxed_order")
+        for name, value in hnsw_search_settings(ef_search).items():
+            self._connection.execute("SELECT set_config(%s, %s, false)", (name, value))
         self._connection.execute(f"SET enable_indexscan = {'off' if exact else 'on'}")
 
     def uses_index(self, query: np.ndarray) -> bool:
@@ -97,7 +116,7 @@ class PgSearcher:
         return [row[0] for row in self._connection.execute(self._sql, self._params(query), prepare=True)]
 
     def _params(self, query: np.ndarray) -> dict[str, Any]:
-        return {"model_id": self._model_id, "query": self.vector_type(query), "k": self._k}
+        return {**self._fixed_params, "query": self.vector_type(query)}
 
 
 def _ef_sweep(
@@ -119,7 +138,7 @@ def pgvector_search(
     """HNSW recall/time per ``ef_search`` on the service's table; PostgreSQL's exact scan for reference."""
     k = truth.shape[1]
     with gallery.connect(autocommit=True) as connection:
-        searcher = PgSearcher(connection, table="fingerprints", model_id=gallery.model_id, k=k)
+        searcher = PgSearcher.for_service(connection, model_id=gallery.model_id, k=k)
         searcher.configure(ef_search=max(ef_values))
         uses_index = searcher.uses_index(queries[0])
         sweep = _ef_sweep(searcher, queries, truth, ef_values)
@@ -244,7 +263,7 @@ def index_variants(
                 )
                 build_s = time.perf_counter() - started
                 index_bytes = connection.execute("SELECT pg_relation_size(%s)", (index,)).fetchone()
-                searcher = PgSearcher(connection, table=table, model_id=None, k=k)
+                searcher = PgSearcher.for_table(connection, table=table, k=k)
                 searcher.vector_type = wrap
                 studies.append(
                     {

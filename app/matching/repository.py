@@ -44,8 +44,8 @@ class FingerprintRepository:
         rows, so a query still gets its k neighbours when other models' fingerprints crowd the index;
         the voting rule does not depend on neighbour order.
         """
-        self._session.execute(select(func.set_config("hnsw.ef_search", str(ef_search), True)))
-        self._session.execute(select(func.set_config("hnsw.iterative_scan", "relaxed_order", True)))
+        for name, value in hnsw_search_settings(ef_search).items():
+            self._session.execute(select(func.set_config(name, value, True)))
 
     def nearest(self, embedding: np.ndarray, *, model_id: str, limit: int) -> list[StoredNeighbour]:
         """The ``limit`` stored fingerprints of ``model_id`` closest (cosine) to ``embedding``."""
@@ -78,16 +78,30 @@ class FingerprintRepository:
         self._session.flush()
 
 
-def nearest_query(embedding: np.ndarray, *, model_id: str, limit: int) -> Select[uuid.UUID, str, float]:
-    """k-NN through the HNSW index (ordered by cosine distance, limited), joined to the pallets' status."""
+def hnsw_search_settings(ef_search: int) -> dict[str, str]:
+    """PostgreSQL settings of the service's HNSW searches (the benchmarks apply the same)."""
+    return {"hnsw.ef_search": str(ef_search), "hnsw.iterative_scan": "relaxed_order"}
+
+
+def nearest_fingerprints_query(
+    embedding: np.ndarray, *, model_id: str, limit: int
+) -> Select[int, uuid.UUID, float]:
+    """The k-NN step: fingerprints of ``model_id`` by cosine distance through the HNSW index, limited.
+
+    Shared with the benchmarks, which measure this very statement's recall and cost.
+    """
     distance = Fingerprint.embedding.cosine_distance(embedding)
-    nearest = (
-        select(Fingerprint.pallet_id, distance.label("distance"))
+    return (
+        select(Fingerprint.id, Fingerprint.pallet_id, distance.label("distance"))
         .where(Fingerprint.model_id == model_id)
         .order_by(distance)
         .limit(limit)
-        .subquery()
     )
+
+
+def nearest_query(embedding: np.ndarray, *, model_id: str, limit: int) -> Select[uuid.UUID, str, float]:
+    """k-NN through the HNSW index (ordered by cosine distance, limited), joined to the pallets' status."""
+    nearest = nearest_fingerprints_query(embedding, model_id=model_id, limit=limit).subquery()
     return select(nearest.c.pallet_id, Pallet.status, nearest.c.distance).join(
         Pallet, Pallet.id == nearest.c.pallet_id
     )
