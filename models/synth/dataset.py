@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.synth.family import BlockKey
-from models.synth.registry import DEFAULT_FAMILY, family_styles, get_family
+from models.synth.registry import DEFAULT_FAMILY, family_styles, get_family, styles_of
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def render_pallet(config: SynthConfig, pallet_index: int, family: str | None = N
     then the aged frames if asked for."""
     name = family or config.families[0]
     generator = get_family(name)
-    styles = family_styles((name,), config.styles)[name]
+    styles = styles_of(name, config.styles)
     identifier = generator.pallet_id(pallet_index)
     cameras = [
         generator.camera(config.seed, pallet_index, camera, styles) for camera in range(config.cameras)

@@ -43,24 +43,31 @@ def parse_styles(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
 
 
-def family_styles(families: Sequence[str], styles: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """The station styles each family draws from: all of its own when ``styles`` is empty, else its share.
+def styles_of(family: str, styles: Sequence[str]) -> tuple[str, ...]:
+    """The station styles ``family`` draws from: all of its own when ``styles`` is empty, else its share.
 
-    Style names are unique across families. Raises ``ValueError`` for unknown names and for a family that
-    would be left without any style.
+    Names of other families' styles are ignored here (``family_styles`` checks a whole selection).
     """
-    known = {style: name for name in families for style in get_family(name).styles}
+    own = tuple(get_family(family).styles)
+    if not styles:
+        return own
+    chosen = tuple(style for style in styles if style in own)
+    if not chosen:
+        raise ValueError(
+            f"none of the styles {', '.join(styles)} belongs to family {family} ({', '.join(own)})"
+        )
+    return chosen
+
+
+def family_styles(families: Sequence[str], styles: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``styles_of`` for every family of a selection; style names are unique across families.
+
+    Raises ``ValueError`` for unknown names and for a family that would be left without any style.
+    """
+    known = {style for name in families for style in get_family(name).styles}
     unknown = [style for style in styles if style not in known]
     if unknown:
         raise ValueError(
-            f"unknown style(s) {unknown} for family {', '.join(families)}; choose from {', '.join(known)}"
+            f"unknown style(s) {unknown} for {', '.join(families)}; choose from {', '.join(sorted(known))}"
         )
-    chosen: dict[str, tuple[str, ...]] = {}
-    for name in families:
-        own = tuple(get_family(name).styles)
-        chosen[name] = tuple(style for style in styles if style in own) if styles else own
-        if not chosen[name]:
-            raise ValueError(
-                f"none of the styles {', '.join(styles)} belongs to family {name} ({', '.join(own)})"
-            )
-    return chosen
+    return {name: styles_of(name, styles) for name in families}
