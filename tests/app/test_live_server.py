@@ -169,7 +169,9 @@ def test_killing_the_server_mid_request_leaves_no_partial_rows(
         "DATABASE_URL": migrated_database,
         "PALLETREID_MODEL_PATH": str(tiny_checkpoint),
         "PALLETREID_MODEL_THREADS": "1",
+        # The random-weight test model carries no calibrated decision parameters: all three thresholds.
         "PALLETREID_BLOCK_THRESHOLD": "0.995",
+        "PALLETREID_MIN_VOTES": "2",
         "PALLETREID_SCORE_THRESHOLD": "0.995",
     }
     env.pop("PALLETREID_API_KEYS", None)
