@@ -185,7 +185,7 @@ def split_query_gallery(
     return query, gallery
 
 
-class CaptureDataset(Dataset[tuple[torch.Tensor, int, int]]):
+class BlockImageDataset(Dataset[tuple[torch.Tensor, int, int]]):
     """Captures as ``(image_tensor, label, camera)``.
 
     ``label`` is the index of the capture's identity among the sorted identities, ``camera`` the index of its
@@ -196,7 +196,7 @@ class CaptureDataset(Dataset[tuple[torch.Tensor, int, int]]):
         self, captures: Sequence[BlockImageRecord], transform: Callable[[Image.Image], torch.Tensor]
     ) -> None:
         if not captures:
-            raise DatasetError("CaptureDataset needs at least one capture")
+            raise DatasetError("BlockImageDataset needs at least one capture")
         self.captures = list(captures)
         self.transform = transform
         self.identities: list[str] = sorted({capture.identity for capture in self.captures})

@@ -30,7 +30,7 @@ from models.runtime.pcb import PCB, build_model, parts_to_fingerprint
 from models.runtime.transforms import IMAGENET_MEAN, IMAGENET_STD
 from models.training.augmentation import AugmentationConfig, training_transform
 from models.training.config import TrainConfig, TrainingError
-from models.training.data import BlockImageRecord, CaptureDataset, DatasetError, read_dataset
+from models.training.data import BlockImageDataset, BlockImageRecord, DatasetError, read_dataset
 from models.training.history import plot_training_curve, write_history
 from models.training.losses import batch_hard_triplet_loss, part_accuracy, part_cross_entropy
 from models.training.pretrained import PretrainedWeightsError
@@ -228,7 +228,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
         IMAGENET_STD,
         AugmentationConfig(horizontal_flip_probability=config.hflip_probability),
     )
-    dataset = CaptureDataset(captures, transform)
+    dataset = BlockImageDataset(captures, transform)
     identities = dataset.identities
     logger.info("training on %d captures of %d identities from %s", len(captures), len(identities), data_dir)
 

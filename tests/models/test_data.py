@@ -11,8 +11,8 @@ from PIL import Image
 
 from models.synth import SynthConfig, generate_dataset
 from models.training.data import (
+    BlockImageDataset,
     BlockImageRecord,
-    CaptureDataset,
     DatasetError,
     read_dataset,
     split_query_gallery,
@@ -142,7 +142,7 @@ def test_capture_dataset_labels_follow_sorted_identities(tmp_path: Path) -> None
         path = tmp_path / f"{index}.png"
         _image(path, 40 * index)
         captures.append(BlockImageRecord(path, identity, identity, None, camera, str(index)))
-    dataset = CaptureDataset(captures, _to_tensor)
+    dataset = BlockImageDataset(captures, _to_tensor)
     assert len(dataset) == 3
     assert dataset.identities == ["a", "b"]
     assert dataset.labels == [1, 0, 1]
@@ -151,7 +151,7 @@ def test_capture_dataset_labels_follow_sorted_identities(tmp_path: Path) -> None
     assert image.shape == (3, 8, 12)
     assert torch.allclose(image, torch.full_like(image, 80 / 255.0))
     with pytest.raises(DatasetError):
-        CaptureDataset([], _to_tensor)
+        BlockImageDataset([], _to_tensor)
 
 
 def test_reads_what_the_generator_writes(tmp_path: Path) -> None:

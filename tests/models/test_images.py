@@ -18,7 +18,7 @@ from models.runtime.images import (
     load_image_file,
     read_limited,
 )
-from models.training.data import CaptureDataset, read_dataset
+from models.training.data import BlockImageDataset, read_dataset
 
 
 def _portrait_jpeg_stored_sideways() -> bytes:
@@ -64,6 +64,6 @@ def test_training_data_is_decoded_by_the_same_loader(tmp_path: Path) -> None:
     Image.new("RGB", (8, 6)).save(folder / "cam_1_1.bmp")  # not a format the service accepts: not listed
     captures = read_dataset(tmp_path)
     assert [c.path.name for c in captures] == ["cam_0_1.jpg"]
-    dataset = CaptureDataset(captures, transform=lambda image: torch.tensor(image.size))
+    dataset = BlockImageDataset(captures, transform=lambda image: torch.tensor(image.size))
     size, _label, _camera = dataset[0]
     assert tuple(size.tolist()) == (20, 40)
