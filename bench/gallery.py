@@ -12,6 +12,10 @@ Each seeded pallet gets a ``registered`` receipt event and six fingerprints, lik
 index is dropped before loading and rebuilt afterwards (far faster than maintaining it row by row), and the
 rows that benchmark dispatches add are deleted before the gallery grows again, so every measurement sees only
 the seeded gallery (whose float16 copy here is the ground truth of exact search).
+
+Seeding writes the service's tables with COPY rather than through its repositories, which insert row by row
+and would take hours for the largest galleries; the index definition comes from the ORM table, the schema
+from the service's migrations, and the quick benchmark test runs this seeding against that schema.
 """
 
 from __future__ import annotations
