@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from models.synth.dataset import SynthConfig, generate_dataset
 from models.synth.preview import contact_sheet
 from models.synth.registry import ALL, DEFAULT_FAMILY, FAMILIES, parse_families, parse_styles
@@ -64,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1.0,
         help="size of the contact sheet's tiles relative to a capture",
     )
+    parser.add_argument(
+        "--preview-colours",
+        type=int,
+        default=0,
+        help="reduce the contact sheet to this many colours (a small file for docs; 0: full colour)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -98,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
     logger.info("%d captures in %.1f s (%.0f captures/s)", total, elapsed, total / elapsed)
     if args.preview is not None:
         args.preview.parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(args.out_dir, scale=args.preview_scale).save(args.preview, optimize=True)
+        sheet = contact_sheet(args.out_dir, scale=args.preview_scale)
+        if args.preview_colours:
+            sheet = sheet.quantize(args.preview_colours, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        sheet.save(args.preview, optimize=True)
         logger.info("wrote contact sheet %s", args.preview)
     print(metadata)
     return 0

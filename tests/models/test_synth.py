@@ -249,9 +249,15 @@ def test_every_pallet_carries_the_shared_stamps(monkeypatch: pytest.MonkeyPatch)
     flake_stamps: list[tuple[int, str]] = []
     original_brand = flake_marks.brand_mark
 
-    def spy_brand(*args: object) -> None:
-        flake_stamps.append((len(flake_stamps) // 6, args[-1].name))  # type: ignore[attr-defined]
-        original_brand(*args)  # type: ignore[arg-type]
+    def spy_brand(
+        albedo: np.ndarray,
+        height: np.ndarray,
+        rng: np.random.Generator,
+        box: flake_marks.Box,
+        design: flake_marks.BrandDesign,
+    ) -> None:
+        flake_stamps.append((len(flake_stamps) // 6, design.name))
+        original_brand(albedo, height, rng, box, design)
 
     monkeypatch.setattr(flake_marks, "brand_mark", spy_brand)
     for pallet in range(3):
@@ -263,9 +269,9 @@ def test_every_pallet_carries_the_shared_stamps(monkeypatch: pytest.MonkeyPatch)
     current = [0]  # the pallet being rendered
     original_stamp = chipsplat.texture._add_stamp
 
-    def spy_stamp(canvas: np.ndarray, rng: np.random.Generator, box: tuple[float, ...]) -> None:
+    def spy_stamp(canvas: np.ndarray, rng: np.random.Generator, box: chipsplat.texture.Box) -> None:
         chip_stamps.append(current[0])
-        original_stamp(canvas, rng, box)  # type: ignore[arg-type]
+        original_stamp(canvas, rng, box)
 
     monkeypatch.setattr(chipsplat.texture, "_add_stamp", spy_stamp)
     for pallet in range(12):
