@@ -78,7 +78,10 @@ def test_features_do_not_depend_on_upload_resolution(
     rendered: dict[tuple[str, int, str], Image.Image],
 ) -> None:
     image = next(iter(rendered.values()))
-    small, large = extract(image), extract(image.resize((image.width * 3, image.height * 3), Image.BICUBIC))
+    small, large = (
+        extract(image),
+        extract(image.resize((image.width * 3, image.height * 3), Image.Resampling.BICUBIC)),
+    )
     assert small.working_size == large.working_size
     assert max(small.working_size) == ExtractorSettings().working_long_side
     # the same corners, up to interpolation: nearly every keypoint survives a homography check
@@ -207,6 +210,6 @@ def test_invalid_settings_are_refused(make: object) -> None:
 
 def test_images_of_other_types_are_refused() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        extract(np.zeros((50, 50), np.float32))  # type: ignore[arg-type]
+        extract(np.zeros((50, 50), np.float32))
     with pytest.raises(ValueError, match="shape"):
         extract(np.zeros((50, 50, 4), np.uint8))
