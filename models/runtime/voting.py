@@ -1,24 +1,38 @@
-"""Pallet-level decision from per-block nearest neighbours, verified by one-to-one block pairing.
+"""Pallet-level decision: network shortlist and block pairing, then geometric verification, decided in bands.
 
 This is the one implementation of the decision rule: the service applies it to pgvector query results and the
 evaluation applies it to distance matrices, so the measured figures are the figures of the service.
 
-Rule, in two stages.
+Rule, in three stages.
 
 1. *Shortlist.* Each query block looks up its top-k nearest stored block fingerprints (cosine similarity).
    The pallets among them are ranked by neighbour evidence (the sum over query blocks of the block's best
    similarity to that pallet) and the first ``shortlist_size`` go on to verification.
-2. *Verification.* Each stored capture of a shortlisted pallet (the blocks fingerprinted at one of its
+2. *Pairing.* Each stored capture of a shortlisted pallet (the blocks fingerprinted at one of its
    receipts or dispatches) is compared with the query as a whole: query blocks are paired one-to-one with the
-   capture's blocks so that the summed similarity is largest (:func:`pairing_score`). Positions may be
+   capture's blocks so that the summed similarity is largest (:func:`pair_blocks`). Positions may be
    permuted freely, but one stored block cannot explain two query blocks, and a block the index did not
    return still counts. The pallet's *score* is the best mean paired similarity over its captures; query
    blocks left without a partner count 0.
+3. *Geometric verification* (:func:`decide_verified`). The best few candidates by score have each paired
+   block matched with local features (:mod:`models.runtime.local_features`, stored at recording time): the
+   number of matches consistent with one homography. Cosine similarities drift with the capture source
+   (camera, light, wood); inlier counts hardly do, so the decision is taken on them, in three bands:
 
-A block *votes* for the pallet of its nearest neighbour if that similarity clears ``block_threshold``. A
-pallet is *matched* when its votes reach ``min_votes`` and its score reaches ``score_threshold``. Candidates
-are ranked by (score, votes, id), so ties resolve deterministically; among the candidates that clear the
-thresholds, preferred pallets win first.
+   - **matched**: the strongest candidate has at least ``match_inliers`` inliers summed over its paired
+     blocks, at least ``match_blocks`` blocks with ``block_inliers`` or more, and ``min_margin`` inliers more
+     than the best other checked candidate;
+   - **review**: not matched, but the strongest candidate has ``review_inliers`` or a confirmed block, or
+     the network's thresholds matched a pallet: registered as new and flagged with the candidates;
+   - **new**: nothing of the above.
+
+   The runner-up's evidence is kept with every decision: under "a pallet matches one pallet at most" it is
+   an impostor score, the live sample the service watches its false-match rate with.
+
+Network-only decisions (:func:`decide`): a block *votes* for the pallet of its nearest neighbour if that
+similarity clears ``block_threshold``; a pallet is *matched* when its votes reach ``min_votes`` and its score
+reaches ``score_threshold``. Candidates are ranked by (score, votes, id), so ties resolve deterministically;
+among the candidates that clear the thresholds, preferred pallets win first.
 
 Why pairing instead of "each query block's best stored block": against an unrelated pallet the best of six
 stored blocks is picked for every query block, which lifts impostor scores most where it hurts, in a small
@@ -28,13 +42,17 @@ docs/evaluation.md compares the rules on the same fingerprints.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
+
+from models.runtime.local_features import ExtractorSettings, LocalFeatures, MatcherSettings, count_inliers
 
 PalletKey = TypeVar("PalletKey", bound=Hashable)
 
@@ -115,8 +133,18 @@ def shortlist(
     return [pallet for pallet, _ in ranked[:size]]
 
 
-def pairing_score(query: npt.ArrayLike, stored: npt.ArrayLike) -> float:
-    """Mean similarity of the query blocks under the best one-to-one pairing with the stored blocks.
+@dataclass(frozen=True, slots=True)
+class BlockPairing:
+    """The one-to-one pairing of query blocks with a stored capture's blocks that maximises similarity."""
+
+    score: float
+    """Mean paired similarity over the query blocks (unpaired ones count 0): :func:`pairing_score`."""
+    pairs: tuple[tuple[int, int], ...]
+    """(query block position, stored block position), by query position."""
+
+
+def pair_blocks(query: npt.ArrayLike, stored: npt.ArrayLike) -> BlockPairing:
+    """Pair the query blocks one-to-one with the stored blocks so that the summed similarity is largest.
 
     Rows are L2-normalised fingerprints (cosine = dot product). Query blocks without a partner (more query
     blocks than stored ones) count 0, so a partial capture cannot outscore a complete one.
@@ -128,10 +156,18 @@ def pairing_score(query: npt.ArrayLike, stored: npt.ArrayLike) -> float:
     if len(query_rows) == 0:
         raise ValueError("the query has no blocks")
     if len(stored_rows) == 0:
-        return 0.0
+        return BlockPairing(score=0.0, pairs=())
     similarities = query_rows @ stored_rows.T
     rows, columns = linear_sum_assignment(similarities, maximize=True)
-    return float(similarities[rows, columns].sum() / len(query_rows))
+    return BlockPairing(
+        score=float(similarities[rows, columns].sum() / len(query_rows)),
+        pairs=tuple((int(row), int(column)) for row, column in zip(rows, columns, strict=True)),
+    )
+
+
+def pairing_score(query: npt.ArrayLike, stored: npt.ArrayLike) -> float:
+    """Mean similarity of the query blocks under the best one-to-one pairing with the stored blocks."""
+    return pair_blocks(query, stored).score
 
 
 def verify(
@@ -195,6 +231,204 @@ def decide(
         blocks=block_votes,
         candidates=candidates[:max_candidates],
     )
+
+
+class Outcome(StrEnum):
+    """The three bands of a verified decision."""
+
+    MATCHED = "matched"
+    """Clearly the same pallet, and clearly ahead of every other checked pallet."""
+    REVIEW = "review"
+    """Uncertain: registered as a new pallet, flagged for a person with the candidates."""
+    NEW = "new"
+    """Clearly a pallet never seen."""
+
+
+@dataclass(frozen=True)
+class GeometryParameters:
+    """Settings and thresholds of the geometric stage; inlier counts do not move with the capture source.
+
+    JSON-serialisable (plain fields and nested dataclasses), so they travel in the checkpoint header.
+    """
+
+    candidates_checked: int = 3
+    """Best candidates by pairing score whose paired blocks are matched (the first two always, the rest
+    only while no candidate is clearly matched)."""
+    captures_checked: int = 1
+    """Stored captures of a candidate checked, those with the best pairing score first."""
+    block_inliers: int = 30
+    """A paired block with at least this many inliers is *confirmed*."""
+    match_inliers: int = 150
+    """Matched needs at least this many inliers summed over the paired blocks ..."""
+    match_blocks: int = 3
+    """... and at least this many confirmed blocks ..."""
+    min_margin: int = 60
+    """... and this many inliers more than the best other checked candidate."""
+    review_inliers: int = 60
+    """Below this sum (and without a confirmed block) the query is new, unless the network stage matched."""
+    review_when_network_matches: bool = True
+    """Flag for review, rather than register silently, a query the network's thresholds matched."""
+    extractor: ExtractorSettings = field(default_factory=ExtractorSettings)
+    matcher: MatcherSettings = field(default_factory=MatcherSettings)
+
+    def __post_init__(self) -> None:
+        if self.candidates_checked < 1 or self.captures_checked < 1:
+            raise ValueError("candidates_checked and captures_checked must be at least 1")
+        if min(self.block_inliers, self.match_blocks, self.min_margin, self.review_inliers) < 0:
+            raise ValueError("inlier thresholds, match_blocks and min_margin must not be negative")
+        if self.review_inliers > self.match_inliers:
+            raise ValueError("review_inliers must not exceed match_inliers")
+
+
+FeaturesLoader = Callable[[PalletKey, int], Sequence[LocalFeatures | None]]
+"""``(pallet, capture index) -> local features of that capture's blocks`` in stored block order (``None``
+where a block has none). Called only for the captures the rule checks, so a caller can fetch them lazily."""
+
+
+@dataclass(frozen=True, slots=True)
+class GeometricEvidence(Generic[PalletKey]):
+    """Inliers of the paired blocks of one candidate's best checked capture."""
+
+    pallet: PalletKey
+    pairing_score: float
+    capture: int
+    """Index of the checked capture in the pallet's captures."""
+    pairs: tuple[tuple[int, int], ...]
+    """(query block position, stored block position) as the network paired them."""
+    block_inliers: tuple[int, ...]
+    """Inliers of each pair, in the order of ``pairs``."""
+    confirmed_blocks: int
+    """Pairs with at least :attr:`GeometryParameters.block_inliers` inliers."""
+
+    @property
+    def inliers(self) -> int:
+        """Total inliers over the paired blocks: the evidence the bands are set on."""
+        return sum(self.block_inliers)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedDecision(Generic[PalletKey]):
+    """A decision in bands, with the evidence behind it."""
+
+    outcome: Outcome
+    pallet: PalletKey | None
+    """The matched pallet; ``None`` unless the outcome is :attr:`Outcome.MATCHED`."""
+    checked: list[GeometricEvidence[PalletKey]]
+    """Every geometrically checked candidate, strongest first (the review candidates)."""
+    runner_up: GeometricEvidence[PalletKey] | None
+    """The strongest checked candidate after the first: an impostor whether or not the query is known
+    (a pallet matches one pallet at most), so its inliers sample the live impostor distribution."""
+    network: Decision[PalletKey]
+    """The network stage's decision (votes, pairing scores) under the calibrated thresholds."""
+
+    @property
+    def review(self) -> bool:
+        return self.outcome is Outcome.REVIEW
+
+
+def decide_verified(
+    neighbours_per_block: Sequence[Sequence[Neighbour[PalletKey]]],
+    query_fingerprints: npt.ArrayLike,
+    query_features: Sequence[LocalFeatures],
+    captures: Mapping[PalletKey, Sequence[npt.ArrayLike]],
+    load_features: FeaturesLoader[PalletKey],
+    thresholds: VotingThresholds,
+    geometry: GeometryParameters,
+    preferred: Collection[PalletKey] = frozenset(),
+    executor: Executor | None = None,
+) -> VerifiedDecision[PalletKey]:
+    """The banded decision: network shortlist and pairing, then geometric verification of the best candidates.
+
+    ``captures`` are the stored captures (fingerprint rows) of the shortlisted pallets (see
+    :func:`shortlist`), as for :func:`verify`;
+    ``query_features[i]`` are the local features of query block ``i`` (extracted with
+    ``geometry.extractor``). Candidates are checked in order of pairing score: each one's best captures
+    (by pairing score) have their network-paired blocks matched, and the capture with the most inliers is
+    the candidate's evidence. ``executor`` runs the block matches of a capture in parallel (OpenCV
+    releases the GIL).
+    """
+    query_rows = unit_rows(query_fingerprints)
+    if len(query_features) != len(query_rows):
+        raise ValueError(f"{len(query_rows)} query blocks but {len(query_features)} feature sets")
+    pairings = {
+        pallet: sorted(
+            ((pair_blocks(query_rows, capture), index) for index, capture in enumerate(stored)),
+            key=lambda item: -item[0].score,
+        )
+        for pallet, stored in captures.items()
+    }
+    scores = {pallet: ranked[0][0].score if ranked else 0.0 for pallet, ranked in pairings.items()}
+    network = decide(neighbours_per_block, scores, thresholds, preferred)
+    order = sorted((p for p in pairings if pairings[p]), key=lambda p: (-scores[p], str(p)))
+    checked: list[GeometricEvidence[PalletKey]] = []
+    for pallet in order[: geometry.candidates_checked]:
+        evidence = [
+            _capture_evidence(pallet, pairing, index, query_features, load_features, geometry, executor)
+            for pairing, index in pairings[pallet][: geometry.captures_checked]
+        ]
+        checked.append(min(evidence, key=_evidence_order))
+        checked.sort(key=_evidence_order)
+        if len(checked) >= 2 and _clear_match(checked, geometry):
+            break
+    best = checked[0] if checked else None
+    runner_up = checked[1] if len(checked) > 1 else None
+    if best is not None and _clear_match(checked, geometry):
+        outcome = Outcome.MATCHED
+    elif (best is not None and (best.inliers >= geometry.review_inliers or best.confirmed_blocks > 0)) or (
+        geometry.review_when_network_matches and network.pallet is not None
+    ):
+        outcome = Outcome.REVIEW
+    else:
+        outcome = Outcome.NEW
+    return VerifiedDecision(
+        outcome=outcome,
+        pallet=best.pallet if outcome is Outcome.MATCHED and best is not None else None,
+        checked=checked,
+        runner_up=runner_up,
+        network=network,
+    )
+
+
+def _capture_evidence(
+    pallet: PalletKey,
+    pairing: BlockPairing,
+    capture: int,
+    query_features: Sequence[LocalFeatures],
+    load_features: FeaturesLoader[PalletKey],
+    geometry: GeometryParameters,
+    executor: Executor | None,
+) -> GeometricEvidence[PalletKey]:
+    stored_features = load_features(pallet, capture)
+
+    def inliers(pair: tuple[int, int]) -> int:
+        stored = stored_features[pair[1]] if pair[1] < len(stored_features) else None
+        return 0 if stored is None else count_inliers(query_features[pair[0]], stored, geometry.matcher)
+
+    counts = tuple(executor.map(inliers, pairing.pairs) if executor else map(inliers, pairing.pairs))
+    return GeometricEvidence(
+        pallet=pallet,
+        pairing_score=pairing.score,
+        capture=capture,
+        pairs=pairing.pairs,
+        block_inliers=counts,
+        confirmed_blocks=sum(count >= geometry.block_inliers for count in counts),
+    )
+
+
+def _clear_match(checked: Sequence[GeometricEvidence[PalletKey]], geometry: GeometryParameters) -> bool:
+    """Whether the strongest checked candidate is in the matched band (``checked`` strongest first)."""
+    best = checked[0]
+    other = checked[1].inliers if len(checked) > 1 else 0
+    return (
+        best.inliers >= geometry.match_inliers
+        and best.confirmed_blocks >= geometry.match_blocks
+        and best.inliers - other >= geometry.min_margin
+    )
+
+
+def _evidence_order(evidence: GeometricEvidence[PalletKey]) -> tuple[int, int, float, str]:
+    """Sort key, strongest first: inliers, then confirmed blocks, then pairing score, then id."""
+    return (-evidence.inliers, -evidence.confirmed_blocks, -evidence.pairing_score, str(evidence.pallet))
 
 
 def unit_rows(matrix: npt.ArrayLike) -> npt.NDArray[np.float64]:

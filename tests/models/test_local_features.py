@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -142,10 +143,10 @@ def test_storage_round_trip_is_compact_and_exact_enough() -> None:
         (lambda data: data[:-1], "bytes, got"),
     ],
 )
-def test_corrupt_storage_is_refused(corrupt: object, message: str) -> None:
+def test_corrupt_storage_is_refused(corrupt: Callable[[bytes], bytes], message: str) -> None:
     data = extract(_texture(5)).to_bytes()
     with pytest.raises(LocalFeaturesFormatError, match=message):
-        LocalFeatures.from_bytes(corrupt(data))  # type: ignore[operator]
+        LocalFeatures.from_bytes(corrupt(data))
 
 
 def test_points_outside_the_working_image_are_refused() -> None:
@@ -203,9 +204,9 @@ def test_too_few_matches_count_zero() -> None:
         lambda: MatcherSettings(min_matches=3),
     ],
 )
-def test_invalid_settings_are_refused(make: object) -> None:
+def test_invalid_settings_are_refused(make: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
-        make()  # type: ignore[operator]
+        make()
 
 
 def test_images_of_other_types_are_refused() -> None:

@@ -1,21 +1,33 @@
-"""The decision rule's parts on hand-made fingerprints: shortlist, pairing, verification, decision."""
+"""The decision rule on hand-made fingerprints and features: shortlist, pairing, verification, bands."""
 
 from __future__ import annotations
 
+import io
 import itertools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from models.runtime.local_features import DESCRIPTOR_BYTES, LocalFeatures, extract
 from models.runtime.voting import (
     Decision,
+    GeometricEvidence,
+    GeometryParameters,
     Neighbour,
+    Outcome,
+    VerifiedDecision,
     VotingThresholds,
     decide,
+    decide_verified,
+    pair_blocks,
     pairing_score,
     shortlist,
     verify,
 )
+from models.synth import SynthConfig, render_pallet
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -102,3 +114,266 @@ def test_decide_ranks_by_verified_score_and_gates_on_votes() -> None:
     assert decide(neighbours, scores, thresholds, preferred={"A"}).pallet == "A"
     empty: Decision[str] = decide([[], []], {}, thresholds)
     assert empty.pallet is None and empty.blocks_compared == 2 and empty.candidates == []
+
+
+def test_pair_blocks_reports_the_pairs_behind_the_score() -> None:
+    permutation = [2, 0, 1]
+    stored = np.eye(3)[permutation]  # stored block j is query block permutation[j]
+    pairing = pair_blocks(np.eye(3), stored)
+    assert pairing.score == pytest.approx(1.0)
+    assert pairing.pairs == ((0, 1), (1, 2), (2, 0))
+    assert pair_blocks(np.eye(3), np.zeros((0, 3))).pairs == ()
+
+
+# --- geometric verification on hand-made features -------------------------------------------------------
+#
+# A query block's features are n keypoints with random descriptors. A stored block "sharing k" holds the same
+# descriptors for k of them, at the query points shifted by (5, 3) (one homography), and nothing else, so
+# exactly k ratio-test matches are consistent: k inliers (0 below the matcher's 8). Descriptors of different
+# blocks are independent random strings, which never pass the ratio test against each other in these sizes.
+
+_RNG = np.random.default_rng(42)
+_QUERY_FEATURES = [
+    LocalFeatures(
+        points=_RNG.uniform(10, 150, (80, 2)).astype(np.float32),
+        descriptors=_RNG.integers(0, 256, (80, DESCRIPTOR_BYTES), dtype=np.uint8),
+        working_size=(320, 200),
+    )
+    for _ in range(6)
+]
+_QUERY_FINGERPRINTS = np.eye(6)
+_THRESHOLDS = VotingThresholds(block_threshold=0.5, min_votes=2, score_threshold=0.5)
+
+
+def _sharing(block: int, k: int) -> LocalFeatures:
+    """A stored block that shares ``k`` keypoints (under one translation) with query block ``block``."""
+    query = _QUERY_FEATURES[block]
+    if k == 0:  # an unrelated block: fresh random descriptors
+        rng = np.random.default_rng(1000 + block)
+        return LocalFeatures(
+            points=rng.uniform(10, 150, (80, 2)).astype(np.float32),
+            descriptors=rng.integers(0, 256, (80, DESCRIPTOR_BYTES), dtype=np.uint8),
+            working_size=(320, 200),
+        )
+    return LocalFeatures(
+        points=query.points[:k] + np.array([5, 3], np.float32),
+        descriptors=query.descriptors[:k].copy(),
+        working_size=(320, 200),
+    )
+
+
+class _Gallery:
+    """Stored captures with hand-made features; records which captures the rule asked features for."""
+
+    def __init__(self, shared: dict[str, list[list[int]]], order: list[int] | None = None) -> None:
+        # shared[pallet][capture][query block] = keypoints shared; stored block order is ``order``
+        self.order = order or list(range(6))
+        self.fingerprints = {
+            pallet: [_QUERY_FINGERPRINTS[self.order] for _ in captures] for pallet, captures in shared.items()
+        }
+        self.features: dict[tuple[str, int], list[LocalFeatures | None]] = {
+            (pallet, index): [_sharing(block, counts[block]) for block in self.order]
+            for pallet, captures in shared.items()
+            for index, counts in enumerate(captures)
+        }
+        self.loaded: list[tuple[str, int]] = []
+
+    def load(self, pallet: str, capture: int) -> list[LocalFeatures | None]:
+        self.loaded.append((pallet, capture))
+        return list(self.features[(pallet, capture)])
+
+
+def _neighbours(pallet: str, similarity: float = 0.9) -> list[list[Neighbour[str]]]:
+    return [[Neighbour(pallet, similarity)] for _ in range(6)]
+
+
+def _decide(
+    gallery: _Gallery,
+    geometry: GeometryParameters | None = None,
+    neighbours: list[list[Neighbour[str]]] | None = None,
+    scores: dict[str, float] | None = None,
+) -> VerifiedDecision[str]:
+    """The rule on the gallery; ``scores`` (pairing score per pallet) scale the captures' fingerprints."""
+    captures = {
+        pallet: [rows * (scores or {}).get(pallet, 1.0) for rows in stored]
+        for pallet, stored in gallery.fingerprints.items()
+    }
+    return decide_verified(
+        neighbours if neighbours is not None else _neighbours("A"),
+        _QUERY_FINGERPRINTS,
+        _QUERY_FEATURES,
+        captures,
+        gallery.load,
+        _THRESHOLDS,
+        geometry or GeometryParameters(),
+    )
+
+
+def test_a_clear_match_is_matched_with_the_runner_up_recorded() -> None:
+    # A: 60+50+40+30+20+10 = 210 inliers, 4 blocks >= 30; B: 12 on one block -> margin 198
+    gallery = _Gallery(
+        {"A": [[60, 50, 40, 30, 20, 10]], "B": [[12, 0, 0, 0, 0, 0]]}, order=[3, 5, 0, 1, 4, 2]
+    )
+    decision = _decide(gallery, scores={"A": 0.9, "B": 0.8})
+    assert decision.outcome is Outcome.MATCHED
+    assert decision.pallet == "A"
+    assert not decision.review
+    best = decision.checked[0]
+    assert best.inliers == 210
+    assert best.confirmed_blocks == 4
+    # the network paired query block i with stored position order.index(i); each pair kept its inliers
+    assert dict(best.pairs) == {block: [3, 5, 0, 1, 4, 2].index(block) for block in range(6)}
+    assert dict(zip((q for q, _ in best.pairs), best.block_inliers, strict=True)) == {
+        0: 60,
+        1: 50,
+        2: 40,
+        3: 30,
+        4: 20,
+        5: 10,
+    }
+    assert decision.runner_up is not None
+    assert (decision.runner_up.pallet, decision.runner_up.inliers) == ("B", 12)
+    assert decision.network.pallet == "A"
+
+
+def test_two_strong_candidates_are_flagged_for_review_not_merged() -> None:
+    # A 210, B 160: both clear the match sum, but the margin (50) is under min_margin (60)
+    gallery = _Gallery({"A": [[60, 50, 40, 30, 20, 10]], "B": [[50, 40, 30, 20, 10, 10]]})
+    decision = _decide(gallery, scores={"A": 0.9, "B": 0.8})
+    assert decision.outcome is Outcome.REVIEW
+    assert decision.pallet is None
+    assert [evidence.pallet for evidence in decision.checked] == ["A", "B"]
+    assert _decide(gallery, GeometryParameters(min_margin=50), scores={"A": 0.9, "B": 0.8}).pallet == "A"
+
+
+@pytest.mark.parametrize(
+    ("counts", "outcome"),
+    [
+        ([40, 40, 40, 40, 0, 0], Outcome.MATCHED),  # 160 inliers, 4 confirmed
+        ([80, 80, 0, 0, 0, 0], Outcome.REVIEW),  # 160 inliers but 2 confirmed blocks < 3
+        ([29, 29, 29, 29, 29, 0], Outcome.REVIEW),  # 145 < 150 inliers, none confirmed, above review_inliers
+        ([30, 0, 0, 0, 0, 0], Outcome.REVIEW),  # one confirmed block
+        ([20, 20, 0, 0, 0, 0], Outcome.NEW),  # 40 < review_inliers, nothing confirmed
+    ],
+)
+def test_bands_on_one_candidate(counts: list[int], outcome: Outcome) -> None:
+    no_network_match = _neighbours("A", similarity=0.1)  # no votes: the network stage matches nothing
+    decision = _decide(_Gallery({"A": [counts]}), neighbours=no_network_match)
+    assert decision.network.pallet is None
+    assert decision.outcome is outcome
+    assert decision.runner_up is None
+
+
+def test_a_network_match_without_geometric_support_is_flagged_not_registered_silently() -> None:
+    gallery = _Gallery({"A": [[0, 0, 0, 0, 0, 0]]})
+    decision = _decide(gallery)
+    assert decision.network.pallet == "A"
+    assert decision.outcome is Outcome.REVIEW
+    assert _decide(gallery, GeometryParameters(review_when_network_matches=False)).outcome is Outcome.NEW
+
+
+def test_candidates_are_checked_by_pairing_score_and_the_rest_only_while_unclear() -> None:
+    shared = {"A": [[60] * 6], "B": [[0] * 6], "C": [[0] * 6], "D": [[0] * 6]}
+    scores = {"A": 0.9, "B": 0.8, "C": 0.7, "D": 0.6}
+    clear = _Gallery(shared)
+    assert _decide(clear, scores=scores).outcome is Outcome.MATCHED
+    assert clear.loaded == [("A", 0), ("B", 0)]  # the runner-up is always checked, C only if unclear
+
+    # the true pallet ranked third by the network: still found, and D (beyond candidates_checked) never loaded
+    unclear = _Gallery(shared)
+    decision = _decide(unclear, scores={"A": 0.7, "B": 0.9, "C": 0.8, "D": 0.6})
+    assert decision.pallet == "A"
+    assert unclear.loaded == [("B", 0), ("C", 0), ("A", 0)]
+
+    one = _Gallery(shared)
+    assert _decide(one, GeometryParameters(candidates_checked=1), scores=scores).pallet == "A"
+    assert one.loaded == [("A", 0)]
+
+
+def test_the_capture_with_most_inliers_among_the_checked_ones_is_the_evidence() -> None:
+    gallery = _Gallery({"A": [[10] * 6, [50] * 6]})
+    # capture 0 pairs better (unscaled rows); capture 1 has more inliers but is checked only with 2 captures
+    gallery.fingerprints["A"][1] = gallery.fingerprints["A"][1] * 0.9
+    assert _decide(gallery).checked[0].capture == 0
+    decision = _decide(gallery, GeometryParameters(captures_checked=2))
+    assert (decision.checked[0].capture, decision.checked[0].inliers, decision.pallet) == (1, 300, "A")
+
+
+def test_stored_blocks_without_features_count_zero() -> None:
+    gallery = _Gallery({"A": [[60] * 6]})
+    gallery.features[("A", 0)][2] = None
+    assert _decide(gallery).checked[0].block_inliers.count(0) == 1
+
+
+def test_parallel_matching_gives_the_same_decision() -> None:
+    gallery = _Gallery({"A": [[60, 50, 40, 30, 20, 10]], "B": [[12, 0, 0, 0, 0, 0]]})
+    captures = {pallet: stored for pallet, stored in gallery.fingerprints.items()}
+    arguments = (_neighbours("A"), _QUERY_FINGERPRINTS, _QUERY_FEATURES, captures, gallery.load, _THRESHOLDS)
+    sequential = decide_verified(*arguments, GeometryParameters())
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        parallel = decide_verified(*arguments, GeometryParameters(), executor=pool)
+    assert parallel == sequential
+
+
+def test_a_query_with_mismatched_features_is_refused() -> None:
+    with pytest.raises(ValueError, match="feature sets"):
+        decide_verified(
+            [], np.eye(6), _QUERY_FEATURES[:5], {}, _Gallery({}).load, _THRESHOLDS, GeometryParameters()
+        )
+
+
+def test_an_empty_gallery_is_new() -> None:
+    decision = _decide(_Gallery({}), neighbours=[[] for _ in range(6)])
+    assert (decision.outcome, decision.checked, decision.runner_up) == (Outcome.NEW, [], None)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GeometryParameters(candidates_checked=0),
+        lambda: GeometryParameters(captures_checked=0),
+        lambda: GeometryParameters(min_margin=-1),
+        lambda: GeometryParameters(review_inliers=200, match_inliers=150),
+    ],
+)
+def test_invalid_geometry_parameters_are_refused(make: Callable[[], object]) -> None:
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_geometric_evidence_totals_its_blocks() -> None:
+    evidence = GeometricEvidence("A", 0.8, 0, ((0, 0), (1, 1)), (30, 12), 1)
+    assert evidence.inliers == 42
+
+
+# --- the whole rule on rendered captures (real extraction) ----------------------------------------------
+
+
+def test_rendered_pallets_known_one_matched_unknown_one_new() -> None:
+    """Receipts of two pallets (camera 1) in the gallery; dispatches seen by camera 2 of a known and an
+    unknown pallet. Fingerprints are oracles (one direction per block): the network is not under test."""
+    config = SynthConfig(pallets=3, cameras=2, frames=1, seed=5)
+    features: dict[tuple[int, str], list[LocalFeatures]] = {}
+    for index in range(3):
+        for capture in sorted(render_pallet(config, index), key=lambda c: c.block):
+            image = Image.open(io.BytesIO(capture.jpeg)).convert("RGB")
+            features.setdefault((index, capture.camera), []).append(extract(image))
+    fingerprints = {index: np.eye(18)[6 * index : 6 * index + 6] for index in range(3)}
+    captures = {index: [fingerprints[index]] for index in (0, 1)}
+
+    def load(pallet: int, capture: int) -> list[LocalFeatures | None]:
+        return list(features[(pallet, "cam_1")])
+
+    def dispatch(index: int) -> VerifiedDecision[int]:
+        # the network stage sees only noise-level similarity, so the bands rest on the geometry alone
+        query = fingerprints[index] + 0.3 * np.eye(18)[6 * ((index + 1) % 2) : 6 * ((index + 1) % 2) + 6]
+        neighbours = [[Neighbour(pallet, 0.2) for pallet in (0, 1)] for _ in range(6)]
+        return decide_verified(
+            neighbours, query, features[(index, "cam_2")], captures, load, _THRESHOLDS, GeometryParameters()
+        )
+
+    known, unknown = dispatch(0), dispatch(2)
+    assert (known.outcome, known.pallet) == (Outcome.MATCHED, 0)
+    assert known.runner_up is not None and known.runner_up.pallet == 1
+    assert unknown.outcome is Outcome.NEW
+    assert max(evidence.inliers for evidence in unknown.checked) < GeometryParameters().review_inliers
