@@ -237,29 +237,32 @@ def test_a_clear_match_is_matched_with_the_runner_up_recorded() -> None:
 
 
 def test_two_strong_candidates_are_flagged_for_review_not_merged() -> None:
-    # A 210, B 160: both clear the match sum, but the margin (50) is under min_margin (60)
-    gallery = _Gallery({"A": [[60, 50, 40, 30, 20, 10]], "B": [[50, 40, 30, 20, 10, 10]]})
+    # A 210, B 170: both clear the match sum, but the margin (40) is under min_margin (50)
+    gallery = _Gallery({"A": [[60, 50, 40, 30, 20, 10]], "B": [[50, 40, 30, 20, 20, 10]]})
     decision = _decide(gallery, scores={"A": 0.9, "B": 0.8})
     assert decision.outcome is Outcome.REVIEW
     assert decision.pallet is None
     assert [evidence.pallet for evidence in decision.checked] == ["A", "B"]
-    assert _decide(gallery, GeometryParameters(min_margin=50), scores={"A": 0.9, "B": 0.8}).pallet == "A"
+    assert _decide(gallery, GeometryParameters(min_margin=40), scores={"A": 0.9, "B": 0.8}).pallet == "A"
 
 
 @pytest.mark.parametrize(
     ("counts", "outcome"),
     [
-        ([40, 40, 40, 40, 0, 0], Outcome.MATCHED),  # 160 inliers, 4 confirmed
-        ([80, 80, 0, 0, 0, 0], Outcome.REVIEW),  # 160 inliers but 2 confirmed blocks < 3
-        ([29, 29, 29, 29, 29, 0], Outcome.REVIEW),  # 145 < 150 inliers, none confirmed, above review_inliers
-        ([30, 0, 0, 0, 0, 0], Outcome.REVIEW),  # one confirmed block
-        ([20, 20, 0, 0, 0, 0], Outcome.NEW),  # 40 < review_inliers, nothing confirmed
+        ([40, 40, 30, 30, 0, 0], Outcome.MATCHED),  # 140 >= 130 inliers, 4 blocks >= 25
+        ([75, 60, 0, 0, 0, 0], Outcome.MATCHED),  # 135 inliers, 2 confirmed blocks
+        ([80, 20, 24, 24, 0, 0], Outcome.REVIEW),  # 148 inliers but one confirmed block only
+        ([24, 24, 24, 24, 24, 20], Outcome.REVIEW),  # 140 inliers, no block confirmed
+        ([40, 40, 40, 0, 0, 0], Outcome.REVIEW),  # 120 < 130, but >= review_inliers
+        ([40, 39, 0, 0, 0, 0], Outcome.NEW),  # 79 < 80: new, confirmed blocks or not
+        ([20, 20, 0, 0, 0, 0], Outcome.NEW),
     ],
 )
 def test_bands_on_one_candidate(counts: list[int], outcome: Outcome) -> None:
     no_network_match = _neighbours("A", similarity=0.1)  # no votes: the network stage matches nothing
     decision = _decide(_Gallery({"A": [counts]}), neighbours=no_network_match)
     assert decision.network.pallet is None
+    assert decision.checked[0].inliers == sum(counts)
     assert decision.outcome is outcome
     assert decision.runner_up is None
 
