@@ -267,12 +267,12 @@ def test_bands_on_one_candidate(counts: list[int], outcome: Outcome) -> None:
     assert decision.runner_up is None
 
 
-def test_a_network_match_without_geometric_support_is_flagged_not_registered_silently() -> None:
+def test_a_network_match_without_geometric_support_is_new_unless_asked_to_flag_it() -> None:
     gallery = _Gallery({"A": [[0, 0, 0, 0, 0, 0]]})
     decision = _decide(gallery)
     assert decision.network.pallet == "A"
-    assert decision.outcome is Outcome.REVIEW
-    assert _decide(gallery, GeometryParameters(review_when_network_matches=False)).outcome is Outcome.NEW
+    assert decision.outcome is Outcome.NEW
+    assert _decide(gallery, GeometryParameters(review_when_network_matches=True)).outcome is Outcome.REVIEW
 
 
 def test_candidates_are_checked_by_pairing_score_and_the_rest_only_while_unclear() -> None:
@@ -284,9 +284,13 @@ def test_candidates_are_checked_by_pairing_score_and_the_rest_only_while_unclear
 
     # the true pallet ranked third by the network: still found, and D (beyond candidates_checked) never loaded
     unclear = _Gallery(shared)
-    decision = _decide(unclear, scores={"A": 0.7, "B": 0.9, "C": 0.8, "D": 0.6})
+    three = GeometryParameters(candidates_checked=3)
+    decision = _decide(unclear, three, scores={"A": 0.7, "B": 0.9, "C": 0.8, "D": 0.6})
     assert decision.pallet == "A"
     assert unclear.loaded == [("B", 0), ("C", 0), ("A", 0)]
+    ranked_last = _Gallery(shared)
+    assert _decide(ranked_last, three, scores={"A": 0.5, "B": 0.9, "C": 0.8, "D": 0.6}).outcome is Outcome.NEW
+    assert ("A", 0) not in ranked_last.loaded
 
     one = _Gallery(shared)
     assert _decide(one, GeometryParameters(candidates_checked=1), scores=scores).pallet == "A"
