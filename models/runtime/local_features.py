@@ -1,8 +1,9 @@
 """Local features of a block image and their geometric check: ORB keypoints, inliers under one homography.
 
 The network's cosine similarities drift with the capture source; the number of local matches that agree on one
-plane-to-plane transform does far less (docs/evaluation.md has the figures). A block face is flat, so two
-captures of the same block are related by a homography, and matches between different blocks do not line up.
+plane-to-plane transform does far less (measured on an independent source, issue 10). A block face is flat,
+so two captures of the same block are related by a homography, and matches between different blocks do not
+line up.
 
 Extraction works at a fixed working size (long side :attr:`ExtractorSettings.working_long_side`), so the same
 block uploaded at another resolution gives the same features, and the RANSAC tolerance in pixels means the

@@ -250,8 +250,8 @@ class GeometryParameters:
 
     JSON-serialisable (plain fields and nested dataclasses), so they travel in the checkpoint header.
     Defaults from both synthetic families, aged dispatch against receipt, 140 pallets: per-block impostor
-    inliers at most 41, impostor sums at most 107 even under the inlier-maximising pairing (94 under the
-    true one); genuine sums at least 138.
+    inliers at most 41, impostor sums at most 107 even under the inlier-maximising pairing (94 pairing
+    block i with block i); genuine sums at least 138.
     """
 
     candidates_checked: int = 5
