@@ -108,3 +108,29 @@ def test_backbone_learning_rate_multiplier_applies_to_the_trunk_only() -> None:
 def test_pretrained_and_weights_are_exclusive() -> None:
     with pytest.raises(TrainingError, match="not both"):
         TrainConfig(data_dir="d", weights="w.pth", pretrained=True).validate()
+
+
+def test_pretrained_resolves_the_cached_verified_file_of_the_arch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from models.training import pretrained
+    from models.training.loop import _initial_weights
+
+    cached = tmp_path / "tiny-mobilenet.pth"
+    torch.save(tv_models.mobilenet_v2(weights=None).state_dict(), cached)
+    source = replace(
+        pretrained.PRETRAINED_SOURCES["mobilenet_v2"],
+        member="pkg/tiny-mobilenet.pth",
+        sha256=pretrained.file_sha256(cached),
+    )
+    monkeypatch.setitem(pretrained.PRETRAINED_SOURCES, "mobilenet_v2", source)
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path))
+    config = TrainConfig(data_dir="d", arch="mobilenet_v2", pretrained=True)
+    assert _initial_weights(config) == cached
+    build_model("mobilenet_v2", weights=cached)
+    assert _initial_weights(TrainConfig(data_dir="d", weights="own.pth")) == Path("own.pth")
+    assert _initial_weights(TrainConfig(data_dir="d")) is None
+    with pytest.raises(TrainingError, match="pretrained=true: no known ImageNet init file for 'resnet18'"):
+        _initial_weights(TrainConfig(data_dir="d", arch="resnet18", pretrained=True))
