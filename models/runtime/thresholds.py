@@ -25,6 +25,7 @@ from models.runtime.voting import (
     DEFAULT_SHORTLIST_SIZE,
     DEFAULT_TOP_K,
     FINGERPRINT_NORMALISATION,
+    GeometryParameters,
     VotingThresholds,
 )
 
@@ -59,6 +60,8 @@ class DecisionParameters:
     model_id: str
     thresholds: VotingThresholds
     rule: RuleSettings = field(default_factory=RuleSettings)
+    geometry: GeometryParameters = field(default_factory=GeometryParameters)
+    """The geometric stage (local features, inlier bands) that decides between matched, review and new."""
     calibration: Mapping[str, Any] = field(default_factory=dict)
     """Free-form provenance: dataset, calibration target, figures reached on the calibration data."""
 
@@ -78,10 +81,13 @@ class DecisionParameters:
 
     def describe(self) -> str:
         """One line for logs."""
-        t, r = self.thresholds, self.rule
+        t, r, g = self.thresholds, self.rule, self.geometry
         return (
             f"block {t.block_threshold:.3f}, votes {t.min_votes}, score {t.score_threshold:.3f}, "
-            f"top-k {r.top_k}, {r.shortlist_size} verified, {r.captures_per_pallet} captures per pallet"
+            f"top-k {r.top_k}, {r.shortlist_size} verified, {r.captures_per_pallet} captures per pallet; "
+            f"geometry: {g.candidates_checked} candidates checked, matched >= {g.match_inliers} inliers "
+            f"({g.match_blocks} blocks >= {g.block_inliers}, margin {g.min_margin}), "
+            f"review >= {g.review_inliers}"
         )
 
 
