@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,9 @@ from models.runtime.voting import DEFAULT_SHORTLIST_SIZE, DEFAULT_TOP_K
 if TYPE_CHECKING:
     from models.evaluation.report import EvaluationReport
     from models.runtime.thresholds import DecisionParameters
+    from models.runtime.voting import GeometryParameters
+
+DEFAULT_GALLERY_SIZES = "1,10,100,1000"
 
 logger = logging.getLogger(__name__)
 
@@ -20,11 +24,15 @@ logger = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="measure a checkpoint: block-level CMC/mAP and pallet-level open-set identification",
+        help="measure a checkpoint: block-level CMC/mAP, pallet-level open-set identification with the "
+        "service's rule (network stage, then geometric verification in bands)",
         description=(
             "Embed a dataset with a checkpoint and report block-level rank-1/5/10 and mAP across cameras, "
             "and pallet-level identification of known pallets and registration of unknown ones with the "
-            "service's voting rule. Writes report.json, PNG plots and an embedding cache into --out."
+            "service's rule: the network stage alone (full gallery, thresholds sweep) and the banded rule "
+            "with geometric verification (matched / review / new) at every --gallery-sizes, each against "
+            "all unknown pallets. Writes report.json, PNG plots and the embedding and local-feature caches "
+            "into --out."
         ),
     )
     parser.add_argument(
@@ -104,7 +112,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="COLUMN=VALUE",
         help="keep only gallery captures whose metadata.csv column has this value, e.g. aged=0 (repeatable)",
     )
+    parser.add_argument(
+        "--gallery-sizes",
+        type=_sizes,
+        default=_sizes(DEFAULT_GALLERY_SIZES),
+        metavar="N,N,...",
+        help="gallery sizes (the first N known pallets) of the verified rule; each is queried with its "
+        f"pallets' dispatches and all unknown pallets' (default {DEFAULT_GALLERY_SIZES})",
+    )
+    parser.add_argument(
+        "--network-only",
+        action="store_true",
+        help="skip the geometric verification (only the network stage's figures)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads verifying queries in parallel (default: the CPU count)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder of the embedding and local-feature caches (default: --out); share it between "
+        "evaluations of one dataset",
+    )
     parser.set_defaults(handler=run)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def _parse_where(assignments: list[str]) -> dict[str, str]:
@@ -148,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
                 "(optimistic figures)"
             )
             thresholds, source = None, "calibrated"
+        geometry, geometry_source = _geometry(args.thresholds_from, stored, checkpoint)
         report = evaluate_checkpoint(
             args.checkpoint,
             args.data,
@@ -165,9 +210,14 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             query_where=_parse_where(args.query_where),
             gallery_where=_parse_where(args.gallery_where),
+            gallery_sizes=() if args.network_only else args.gallery_sizes,
+            geometry=geometry,
+            geometry_source=geometry_source,
+            workers=args.workers,
+            cache_dir=args.cache,
         )
         report.write_json(args.out / REPORT_FILE)
-        calibrated = _calibrated_parameters(report)
+        calibrated = _calibrated_parameters(report, geometry)
         if calibrated is not None:
             write_decision_parameters(args.out / THRESHOLDS_FILE, calibrated)
             if args.store_in_checkpoint:
@@ -181,14 +231,47 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrated_parameters(report: EvaluationReport) -> DecisionParameters | None:
-    """The decision parameters this run calibrated (None when it applied given thresholds)."""
+def _geometry(
+    thresholds_from: Path | None, stored: DecisionParameters | None, checkpoint: Path
+) -> tuple[GeometryParameters, str]:
+    """The geometric stage's parameters: from a decision-parameters file given with --thresholds-from, else
+    the checkpoint's, else the defaults."""
+    from models.runtime.thresholds import read_decision_parameters
+    from models.runtime.voting import GeometryParameters
+
+    if thresholds_from is not None:
+        try:
+            return read_decision_parameters(thresholds_from).geometry, str(thresholds_from)
+        except ValueError:
+            logger.info("%s holds no decision parameters; geometry from the checkpoint", thresholds_from)
+    if stored is not None:
+        return stored.geometry, f"checkpoint {checkpoint}"
+    return GeometryParameters(), "defaults"
+
+
+def _calibrated_parameters(
+    report: EvaluationReport, geometry: GeometryParameters
+) -> DecisionParameters | None:
+    """The decision parameters this run calibrated (None when it applied given thresholds).
+
+    The network thresholds are chosen on the data; the geometry is kept as it was (its inlier bands hold
+    across sources), and the inlier distributions reached on the calibration data are recorded with it.
+    """
     from models.runtime.thresholds import DecisionParameters, RuleSettings
     from models.runtime.voting import VotingThresholds
 
     pallet = report.pallet
     if pallet is None or pallet.calibration is None:
         return None
+    geometry_figures = (
+        {
+            "gallery_pallets": report.verified.gallery_sizes[-1].gallery_pallets,
+            "inliers": report.verified.gallery_sizes[-1].inliers,
+            "rates": report.verified.gallery_sizes[-1].rates,
+        }
+        if report.verified is not None and report.verified.gallery_sizes
+        else None
+    )
     return DecisionParameters(
         model_id=report.model_id,
         thresholds=VotingThresholds(
@@ -197,11 +280,13 @@ def _calibrated_parameters(report: EvaluationReport) -> DecisionParameters | Non
             score_threshold=float(pallet.thresholds["score_threshold"]),
         ),
         rule=RuleSettings(top_k=pallet.top_k, shortlist_size=pallet.shortlist_size),
+        geometry=geometry,
         calibration={
             "dataset": report.dataset,
             **pallet.calibration,
             # The protocol's gallery holds one capture (the receipt) per pallet.
             "gallery_captures_per_pallet": 1,
             "calibration_figures": pallet.at_thresholds,
+            **({"geometry_figures": geometry_figures} if geometry_figures is not None else {}),
         },
     )

@@ -41,10 +41,14 @@ class PalletGallery:
 
     embeddings: FloatArray
     pallets: tuple[str, ...]
+    captures: tuple[int, ...] = ()
+    """Dataset index of the capture behind each row (empty when built from bare fingerprints)."""
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or len(self.pallets) != self.embeddings.shape[0]:
             raise ValueError("gallery needs one pallet per embedding row")
+        if self.captures and len(self.captures) != len(self.pallets):
+            raise ValueError("gallery needs one capture index per embedding row")
 
     @cached_property
     def rows_of(self) -> dict[str, list[int]]:
@@ -64,6 +68,8 @@ class PalletQuery:
     pallet: str
     known: bool
     embeddings: FloatArray
+    captures: tuple[int, ...] = ()
+    """Dataset index of the capture behind each block row, in the query's (shuffled) block order."""
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,39 @@ def plot_score_histogram(
     axes.set(xlabel=xlabel, ylabel="density", title=title)
     axes.legend(fontsize="small")
     return _save(figure, path)
+
+
+def plot_inlier_histogram(
+    genuine: npt.ArrayLike,
+    impostor: npt.ArrayLike,
+    path: Path,
+    *,
+    match_inliers: int,
+    review_inliers: int,
+    title: str,
+) -> Path:
+    """Counts of summed inliers, genuine (true pallet) vs impostor (best other pallet), bands marked.
+
+    Log counts: impostors pile up near zero and the tails, where the bands sit, would vanish otherwise.
+    """
+    genuine_values = np.asarray(genuine, dtype=np.float64)
+    impostor_values = np.asarray(impostor, dtype=np.float64)
+    everything = np.concatenate([genuine_values, impostor_values])
+    if everything.size == 0:
+        raise ValueError("no inlier counts to plot")
+    high = max(float(everything.max()), float(match_inliers)) * 1.05 + 1
+    bins = np.linspace(0.0, high, 70).tolist()
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    for values, label, colour in (
+        (genuine_values, "genuine: true pallet", "tab:green"),
+        (impostor_values, "impostor: best other pallet", "tab:red"),
+    ):
+        if values.size:
+            axes.hist(values, bins=bins, alpha=0.55, color=colour, label=f"{label} (n={values.size})")
+    axes.axvline(review_inliers, color="tab:orange", linestyle=":", label=f"review >= {review_inliers}")
+    axes.axvline(match_inliers, color="black", linestyle="--", label=f"matched >= {match_inliers}")
+    axes.set_yscale("log")
+    axes.set(xlabel="inliers summed over the paired blocks", ylabel="queries", title=title)
+    axes.legend(fontsize="small")
+    return _save(figure, path)

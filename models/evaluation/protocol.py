@@ -97,11 +97,18 @@ def build_open_set(
         query_cameras.add(camera)
         shuffled = np.asarray(rows)[rng.permutation(len(rows))]
         queries.append(
-            PalletQuery(pallet=pallet, known=pallet in registered, embeddings=embeddings[shuffled])
+            PalletQuery(
+                pallet=pallet,
+                known=pallet in registered,
+                embeddings=embeddings[shuffled],
+                captures=tuple(int(row) for row in shuffled),
+            )
         )
     return OpenSetProtocol(
         gallery=PalletGallery(
-            embeddings=embeddings[gallery_rows].astype(np.float64), pallets=tuple(gallery_pallets)
+            embeddings=embeddings[gallery_rows].astype(np.float64),
+            pallets=tuple(gallery_pallets),
+            captures=tuple(gallery_rows),
         ),
         queries=queries,
         known_pallets=known,

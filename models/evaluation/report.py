@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.evaluation.open_set import OpenSetFigures
+from models.evaluation.verified import GallerySizeFigures
 
 REPORT_FILE = "report.json"
 THRESHOLDS_FILE = "thresholds.json"
@@ -65,6 +66,26 @@ class PalletLevelReport:
 
 
 @dataclass(frozen=True)
+class VerifiedLevelReport:
+    """The service's banded rule (network stage, then geometric verification) per gallery size."""
+
+    geometry: dict[str, Any]
+    """The geometric stage's parameters used (``GeometryParameters`` as JSON)."""
+    geometry_source: str
+    network_thresholds: dict[str, float | int]
+    """The network stage's thresholds (they give the network-only figures)."""
+    top_k: int
+    shortlist_size: int
+    captures_per_pallet: int
+    """Stored captures per gallery pallet (the receipt): the service may hold more per pallet."""
+    neighbour_search: str
+    gallery_sizes: list[GallerySizeFigures]
+    features_extracted: int
+    """Images whose local features this run extracted (the rest came from the cache)."""
+    features_from_cache: int
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
     model_id: str
     checkpoint: str
@@ -72,6 +93,7 @@ class EvaluationReport:
     num_captures: int
     block: BlockLevelReport
     pallet: PalletLevelReport | None
+    verified: VerifiedLevelReport | None = None
     plots: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,7 +160,39 @@ def format_summary(report: EvaluationReport) -> str:
             f"  unknown vs a one-pallet gallery ({pallet.num_one_pallet_gallery_trials} trials): "
             f"wrongly matched {_pct(pallet.one_pallet_gallery_false_match_rate)}",
         ]
+    if report.verified is not None:
+        lines += ["", *format_verified(report.verified)]
     return "\n".join(lines)
+
+
+def format_verified(verified: VerifiedLevelReport) -> list[str]:
+    """The banded rule per gallery size next to the network stage alone."""
+    g = verified.geometry
+    lines = [
+        f"verified rule (geometry {verified.geometry_source}: matched >= {g['match_inliers']} inliers, "
+        f"{g['match_blocks']} blocks >= {g['block_inliers']}, margin {g['min_margin']}; "
+        f"review >= {g['review_inliers']}; {g['candidates_checked']} candidates checked)",
+        "  gallery | known: identified  wrong  review    new | unknown: matched  review     new "
+        "| network only: known identified, unknown matched",
+    ]
+    for size in verified.gallery_sizes:
+        r = size.rates
+        lines.append(
+            f"  {size.gallery_pallets:7d} | {size.known_queries:5d} {_pct(r['known_identified'])} "
+            f"{_pct(r['known_wrong_match'])} {_pct(r['known_review'])} {_pct(r['known_new'])} "
+            f"| {size.unknown_queries:4d} {_pct(r['unknown_matched'])} {_pct(r['unknown_review'])} "
+            f"{_pct(r['unknown_new'])} "
+            f"| {_pct(r['network_known_identified'])} {_pct(r['network_unknown_matched'])}"
+        )
+    largest = verified.gallery_sizes[-1].inliers if verified.gallery_sizes else None
+    if largest is not None:
+        genuine, impostor, unknown = largest["genuine"], largest["impostor"], largest["unknown_best"]
+        lines.append(
+            f"  inliers at the largest gallery: genuine p1 {genuine['p1']} / median {genuine['median']}; "
+            f"best impostor p99.9 {impostor['p99_9']} / max {impostor['max']}; "
+            f"unknown best p99.9 {unknown['p99_9']} / max {unknown['max']}"
+        )
+    return lines
 
 
 def _pct(value: float | int) -> str:

@@ -210,11 +210,10 @@ def test_evaluate_command_calibrates_then_applies_thresholds(
         "misidentification_rate"
     ] == pytest.approx(1.0)
     assert figures["unknown_registered_rate"] + figures["unknown_false_match_rate"] == pytest.approx(1.0)
-    for name in ("cmc.png", "det.png", "pallet_score_hist.png", "block_similarity_hist.png"):
+    plots = ["cmc.png", "det.png", "pallet_score_hist.png", "block_similarity_hist.png", "inlier_hist.png"]
+    for name in plots:
         assert (calibration_out / name).read_bytes().startswith(PNG_SIGNATURE)
-    assert sorted(report["plots"]) == sorted(
-        ["cmc.png", "det.png", "pallet_score_hist.png", "block_similarity_hist.png"]
-    )
+    assert sorted(report["plots"]) == sorted(plots)
     chosen = read_thresholds(calibration_out / "thresholds.json")
     assert chosen == read_thresholds(calibration_out / "report.json")
     assert "rank-1" in capsys.readouterr().out
