@@ -10,10 +10,14 @@ from collections.abc import Sequence
 
 COMMAND_MODULES: dict[str, str] = {
     "serve": "app.commands.serve",
+    "calibrate": "app.commands.calibrate",
     "synth": "models.cli.synth",
+    "synth-sides": "models.cli.synth_sides",
     "train": "models.cli.train",
     "weights": "models.cli.weights",
     "evaluate": "models.cli.evaluate",
+    "train-detector": "models.cli.train_detector",
+    "detect": "models.cli.detect",
     "bench": "bench.cli",
 }
 """Subcommand -> module exposing ``register(subparsers)``. Only the chosen command's module is imported, so

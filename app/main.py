@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from app.api.limits import BodySizeLimitMiddleware
+from app.calibration.router import router as calibration_router
 from app.db.session import build_engine, build_session_factory
 from app.db.tables import EMBEDDING_DIM
 from app.errors import ConfigurationError, install_error_handlers
@@ -133,6 +134,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.decision_parameters = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
-    for router in (matching_router, pallets_router, events_router, health_router):
+    for router in (matching_router, pallets_router, events_router, calibration_router, health_router):
         app.include_router(router)
     return app

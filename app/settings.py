@@ -93,6 +93,22 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list size.")
     max_candidates: int = Field(default=5, ge=1, description="Candidates reported per match result.")
 
+    calibration_target_rate: float = Field(
+        default=0.001,
+        gt=0,
+        lt=1,
+        description="False-match rate the live calibration aims for (/v1/calibration, palletreid calibrate).",
+    )
+    calibration_review_rate: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Share of unknown pallets the suggested review band may flag.",
+    )
+    calibration_window: int = Field(
+        default=100_000, ge=1, description="Most recent events the live calibration looks at."
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_api_keys(cls, value: object) -> object:

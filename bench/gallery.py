@@ -24,6 +24,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,7 @@ from app.db.tables import (
     MatchDecision,
     PalletStatus,
 )
+from models.runtime.local_features import LocalFeatures
 from models.synth import BLOCKS_PER_PALLET
 
 logger = logging.getLogger(__name__)
@@ -98,17 +100,22 @@ class Gallery:
         model_id: str,
         num_parts: int,
         real_fingerprints: np.ndarray,
+        real_features: Sequence[Sequence[LocalFeatures]],
         noise: float,
         seed: int,
     ) -> None:
         if real_fingerprints.ndim != 3 or real_fingerprints.shape[1:] != (BLOCKS_PER_PALLET, EMBEDDING_DIM):
             raise ValueError(f"real fingerprints must be (pallets, 6, {EMBEDDING_DIM})")
+        if [len(blocks) for blocks in real_features] != [BLOCKS_PER_PALLET] * len(real_fingerprints):
+            raise ValueError("real features must hold 6 blocks for every real pallet")
         self._conninfo = libpq_url(database_url)
         self.model_id = model_id
         self.num_parts = num_parts
         self.noise = noise
         self.bases = real_fingerprints.reshape(-1, EMBEDDING_DIM)
         self._real = real_fingerprints
+        self._real_features = [[features.to_bytes() for features in blocks] for blocks in real_features]
+        """Stored local features of the real pallets; synthetic pallets have none (they have no images)."""
         self._rng = np.random.default_rng(seed)
         self.vectors = np.empty((0, EMBEDDING_DIM), dtype=np.float16)
         """Every seeded fingerprint, as stored (halfvec); row ``i`` has database id ``i + 1``."""
@@ -254,12 +261,13 @@ class Gallery:
                         )
                     )
             with cursor.copy(
-                "COPY fingerprints (id, pallet_id, event_id, model_id, position, embedding) "
+                "COPY fingerprints (id, pallet_id, event_id, model_id, position, embedding, local_features) "
                 "FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(["int8", "uuid", "int8", "varchar", "int2", "halfvec"])
+                copy.set_types(["int8", "uuid", "int8", "varchar", "int2", "halfvec", "bytea"])
                 for row, vector in enumerate(vectors):
                     pallet = row // BLOCKS_PER_PALLET
+                    seeded = self.pallets + pallet
                     copy.write_row(
                         (
                             first_fingerprint + row,
@@ -268,6 +276,9 @@ class Gallery:
                             self.model_id,
                             row % BLOCKS_PER_PALLET,
                             HalfVector(vector),
+                            self._real_features[seeded][row % BLOCKS_PER_PALLET]
+                            if seeded < len(self._real_features)
+                            else None,
                         )
                     )
         return vectors, pallet_ids

@@ -3,8 +3,9 @@
 The real app runs under uvicorn in a subprocess on 127.0.0.1 (a free port), configured through its usual
 ``PALLETREID_*`` environment; asyncio httpx clients post six real JPEG block captures per dispatch with a
 fixed number of requests in flight. Separately, the identification a dispatch runs in the database
-(advisory lock, six HNSW queries, the vote) is timed in-process through ``MatchingService.identify``, and the
-model's share through ``Embedder.embed`` on the same six images, to tell which of the two limits throughput.
+(advisory lock, six HNSW queries, pairing, geometric verification of the best candidates) is timed
+in-process through ``MatchingService.identify``, and the model's share through ``Embedder.embed`` on the
+same six images, to tell which of the two limits throughput.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from app.db.session import build_engine, build_session_factory
 from app.db.tables import EventKind
 from app.matching.service import MatchingConfig, MatchingService
+from app.model_runner import BlockAnalysis
 from app.settings import Settings
 from bench.timing import latency_summary
 from models.runtime.images import decode_image
@@ -179,7 +180,7 @@ def identify_breakdown(
     database_url: str,
     embedder: Embedder,
     payloads: Sequence[Sequence[bytes]],
-    query_fingerprints: np.ndarray,
+    queries: Sequence[BlockAnalysis],
     settings: Settings,
     config: MatchingConfig,
     *,
@@ -194,9 +195,7 @@ def identify_breakdown(
             with factory() as session:
                 started = time.perf_counter()
                 MatchingService(session, config).identify(
-                    EventKind.DISPATCH,
-                    query_fingerprints[index % len(query_fingerprints)],
-                    model_id=embedder.model_id,
+                    EventKind.DISPATCH, queries[index % len(queries)], model_id=embedder.model_id
                 )
                 db_seconds.append(time.perf_counter() - started)
                 session.rollback()

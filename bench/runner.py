@@ -22,6 +22,7 @@ from app.db.migrations import upgrade_to_head
 from app.db.session import throwaway_database
 from app.matching.parameters import decision_parameters_in_force
 from app.matching.service import MatchingConfig
+from app.model_runner import BlockAnalysis
 from app.settings import Settings
 from bench.captures import PalletImages, render_pallets
 from bench.config import EXTRAPOLATION_PALLETS, BenchConfig
@@ -33,6 +34,7 @@ from bench.search import RECALL_TARGET, index_variants, run_search
 from models.runtime.checkpoint import DEFAULT_CHECKPOINT
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
+from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
 from models.runtime.thresholds import DecisionParameters
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,19 @@ def _embed_blocks(
     return vectors.reshape(len(pallets), -1, embedder.embedding_dim)
 
 
+def _block_features(
+    pallets: list[PalletImages], camera: str, settings: Settings, extractor: ExtractorSettings
+) -> list[list[LocalFeatures]]:
+    """Local features of every pallet's ``enrol`` or ``query`` blocks, decoded like the service does."""
+    return [
+        [
+            extract(decode_image(blob, max_pixels=settings.max_image_pixels, name="bench"), extractor)
+            for blob in getattr(pallet, camera)
+        ]
+        for pallet in pallets
+    ]
+
+
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     """Every requested section; the returned dict is the JSON that ``palletreid bench`` prints."""
     settings = Settings()
@@ -175,6 +190,7 @@ def _run_database_sections(
         model_id=embedder.model_id,
         num_parts=embedder.metadata.num_parts,
         real_fingerprints=enrol,
+        real_features=_block_features(pallets, "enrol", settings, decision.geometry.extractor),
         noise=config.noise,
         seed=config.seed,
     )
@@ -249,7 +265,14 @@ def _run_database_sections(
                     database_url,
                     embedder,
                     payloads,
-                    query,
+                    [
+                        BlockAnalysis(fingerprints=fingerprints, features=features)
+                        for fingerprints, features in zip(
+                            query,
+                            _block_features(pallets, "query", settings, decision.geometry.extractor),
+                            strict=True,
+                        )
+                    ],
                     settings,
                     MatchingConfig.from_settings(settings, decision),
                     repeats=max(config.requests // 2, 3),

@@ -11,6 +11,7 @@ import numpy as np
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -18,9 +19,12 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
+    false,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -79,6 +83,7 @@ class Event(Base):
         Index("ix_events_recorded_at", "recorded_at"),
         Index("ix_events_external_ref", "external_ref"),
         Index("ix_events_site", "site"),
+        Index("ix_events_review", "id", postgresql_where=text("review")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -95,6 +100,12 @@ class Event(Base):
     captured_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     result: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    review: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    """Registered as new but uncertain: a person should check the candidates (see the decision bands)."""
+    inliers: Mapped[int | None] = mapped_column(Integer)
+    """Geometric evidence of the strongest checked candidate (summed inliers), null if none was checked."""
+    runner_up_inliers: Mapped[int | None] = mapped_column(Integer)
+    """Evidence of the second checked candidate: an impostor sample for the live calibration."""
 
 
 class Fingerprint(Base):
@@ -119,6 +130,8 @@ class Fingerprint(Base):
     model_id: Mapped[str] = mapped_column(String(128))
     position: Mapped[int] = mapped_column(SmallInteger)
     embedding: Mapped[np.ndarray] = mapped_column(HALFVEC(EMBEDDING_DIM))
+    local_features: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    """Local features of the block (``LocalFeatures.to_bytes``); null if recorded before revision 0002."""
 
 
 class IdempotencyKey(Base):

@@ -11,6 +11,19 @@ class Liveness(BaseModel):
     status: str
 
 
+class GeometryOut(BaseModel):
+    """The geometric stage: how many candidates are checked and the inlier bands (docs/api.md)."""
+
+    candidates_checked: int
+    captures_checked: int
+    block_inliers: int
+    match_inliers: int
+    match_blocks: int
+    min_margin: int
+    review_inliers: int
+    review_when_network_matches: bool
+
+
 class DecisionParametersOut(BaseModel):
     """The decision parameters in force, where the calibrated ones came from, what the environment changed."""
 
@@ -22,6 +35,7 @@ class DecisionParametersOut(BaseModel):
     shortlist_size: int
     captures_per_pallet: int
     fingerprint_normalisation: str
+    geometry: GeometryOut
     source: str
     overridden: list[str]
 
@@ -36,7 +50,7 @@ class Readiness(BaseModel):
                     "status": "ready",
                     "model": "pcb_resnet18-p4x128-0123456789ab",
                     "embedding_dim": 512,
-                    "schema_revision": ["0001"],
+                    "schema_revision": ["0002"],
                     "decision_parameters": {
                         "model_id": "pcb_resnet18-p4x128-0123456789ab",
                         "block_threshold": 0.7,
@@ -46,6 +60,16 @@ class Readiness(BaseModel):
                         "shortlist_size": 10,
                         "captures_per_pallet": 3,
                         "fingerprint_normalisation": "l2",
+                        "geometry": {
+                            "candidates_checked": 5,
+                            "captures_checked": 1,
+                            "block_inliers": 25,
+                            "match_inliers": 130,
+                            "match_blocks": 2,
+                            "min_margin": 50,
+                            "review_inliers": 80,
+                            "review_when_network_matches": False,
+                        },
                         "source": "checkpoint /srv/models/pcb_resnet18.safetensors",
                         "overridden": [],
                     },

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.db.migrations import head_revisions
 from app.errors import ServiceNotReadyError
 from app.health.repository import HealthRepository
-from app.health.schemas import DecisionParametersOut, Readiness
+from app.health.schemas import DecisionParametersOut, GeometryOut, Readiness
 from app.matching.parameters import DecisionParametersInForce
 from app.model_runner import ModelRunner
 
@@ -62,6 +62,9 @@ def check_readiness(
             shortlist_size=parameters.rule.shortlist_size,
             captures_per_pallet=parameters.rule.captures_per_pallet,
             fingerprint_normalisation=parameters.rule.fingerprint_normalisation,
+            geometry=GeometryOut(
+                **{name: getattr(parameters.geometry, name) for name in GeometryOut.model_fields}
+            ),
             source=decision.source,
             overridden=list(decision.overridden),
         ),

@@ -14,6 +14,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from app.db.tables import Fingerprint, Pallet
+from models.runtime.local_features import LocalFeatures
 from models.runtime.voting import unit_rows
 
 IDENTIFICATION_LOCK_KEY = zlib.crc32(b"palletreid:identification")
@@ -27,6 +28,14 @@ class StoredNeighbour:
     pallet_id: uuid.UUID
     pallet_status: str
     similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCapture:
+    """The fingerprints one event recorded for a pallet (unit rows, blocks in upload order)."""
+
+    event_id: int
+    fingerprints: np.ndarray
 
 
 class FingerprintRepository:
@@ -57,21 +66,30 @@ class FingerprintRepository:
 
     def latest_captures(
         self, pallet_ids: Sequence[uuid.UUID], *, model_id: str, per_pallet: int
-    ) -> dict[uuid.UUID, list[np.ndarray]]:
-        """The unit-length fingerprints of the ``per_pallet`` most recent captures (events) of each pallet.
+    ) -> dict[uuid.UUID, list[StoredCapture]]:
+        """The ``per_pallet`` most recent captures (events) of each pallet, newest first.
 
-        One array per capture, blocks in upload order; pallets without fingerprints of ``model_id`` are
-        absent. One round trip for all pallets.
+        Pallets without fingerprints of ``model_id`` are absent. One round trip for all pallets.
         """
         if not pallet_ids:
             return {}
         rows = self._session.execute(
             latest_captures_query(pallet_ids, model_id=model_id, per_pallet=per_pallet)
         ).all()
-        captures: dict[uuid.UUID, list[np.ndarray]] = {}
-        for (pallet_id, _event_id), blocks in groupby(rows, key=lambda row: (row[0], row[1])):
-            captures.setdefault(pallet_id, []).append(unit_rows([_as_array(row[2]) for row in blocks]))
+        captures: dict[uuid.UUID, list[StoredCapture]] = {}
+        for (pallet_id, event_id), blocks in groupby(rows, key=lambda row: (row[0], row[1])):
+            fingerprints = unit_rows([_as_array(row[2]) for row in blocks])
+            captures.setdefault(pallet_id, []).append(StoredCapture(event_id, fingerprints))
         return captures
+
+    def capture_features(self, event_id: int, *, model_id: str) -> list[LocalFeatures | None]:
+        """The local features of one capture's blocks in upload order (``None`` where none were stored)."""
+        rows = self._session.execute(
+            select(Fingerprint.local_features)
+            .where(Fingerprint.event_id == event_id, Fingerprint.model_id == model_id)
+            .order_by(Fingerprint.position)
+        ).scalars()
+        return [None if data is None else LocalFeatures.from_bytes(data) for data in rows]
 
     def add_all(self, fingerprints: Sequence[Fingerprint]) -> None:
         self._session.add_all(fingerprints)
@@ -130,7 +148,7 @@ def latest_captures_query(
     return (
         select(ranked.c.pallet_id, ranked.c.event_id, ranked.c.embedding)
         .where(ranked.c.recency <= per_pallet)
-        .order_by(ranked.c.pallet_id, ranked.c.event_id, ranked.c.position)
+        .order_by(ranked.c.pallet_id, ranked.c.event_id.desc(), ranked.c.position)
     )
 
 

@@ -94,20 +94,27 @@ def _record(
             decode_image(blob, max_pixels=settings.max_image_pixels, name=f"blocks[{position}]")
             for position, blob in enumerate(blobs)
         ]
-    embeddings = embedder.embed(images)
+    analysis = embedder.analyse(images, config.geometry.extractor)
     if idempotency_key is not None:
         details = details.with_idempotency_key(idempotency_key, kind, blobs)
-    service = MatchingService(session, config)
-    result = service.record(kind, embeddings, model_id=embedder.model_id, details=details)
+    service = MatchingService(session, config, embedder.feature_pool)
+    result = service.record(kind, analysis, model_id=embedder.model_id, details=details)
+    verification = result.verification
     logger.info(
-        "%s by key %s (role %s): event %d, %s pallet %s, %d blocks",
+        "%s by key %s (role %s): event %d, %s pallet %s%s, %d blocks, %s",
         kind.value,
         principal.name,
         principal.role.value,
         result.event_id,
         result.decision.value,
         result.pallet_id,
+        " (flagged for review)" if result.review else "",
         len(blocks),
+        (
+            f"inliers {verification.inliers} vs runner-up {verification.runner_up_inliers}"
+            if verification is not None
+            else "pallet given by the client"
+        ),
     )
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -28,6 +29,30 @@ class CandidateMatch(BaseModel):
     score: float = Field(
         description="Mean similarity of the query blocks paired one-to-one with one stored capture of it."
     )
+    inliers: int | None = Field(
+        default=None,
+        description="Local-feature matches consistent with one homography, summed over the paired blocks "
+        "(null: not checked geometrically).",
+    )
+    confirmed_blocks: int | None = Field(
+        default=None, description="Paired blocks with enough inliers on their own (null: not checked)."
+    )
+
+
+class Verification(BaseModel):
+    """The geometric check behind the decision: which band it fell into and the evidence."""
+
+    band: Literal["matched", "review", "new"] = Field(
+        description="matched: clearly a known pallet; review: registered as new but uncertain (see "
+        "`review`); new: clearly never seen."
+    )
+    inliers: int | None = Field(description="Summed inliers of the strongest checked candidate.")
+    confirmed_blocks: int | None = Field(description="Its paired blocks with enough inliers on their own.")
+    runner_up_inliers: int | None = Field(
+        description="Summed inliers of the second checked candidate (an impostor: the service watches "
+        "these, see GET /v1/calibration)."
+    )
+    candidates_checked: int = Field(description="Candidates whose blocks were matched geometrically.")
 
 
 class MatchResult(BaseModel):
@@ -36,6 +61,11 @@ class MatchResult(BaseModel):
     event_id: int
     kind: EventKind
     decision: MatchDecision = Field(description="matched: a known pallet; registered: a new pallet.")
+    review: bool = Field(
+        default=False,
+        description="Registered as a new pallet, but one of the candidates may be the same pallet: a person "
+        "should compare them (the pallet can be merged later).",
+    )
     pallet_id: uuid.UUID
     score: float | None = Field(
         description="Verified score of the decided (or, when registered, the best rejected) pallet: mean "
@@ -43,6 +73,9 @@ class MatchResult(BaseModel):
     )
     votes: int
     blocks_compared: int
+    verification: Verification | None = Field(
+        default=None, description="The geometric check (null when the pallet was given by pallet_id)."
+    )
     blocks: list[BlockMatch]
     candidates: list[CandidateMatch]
     model: str = Field(description="Id of the model that made the fingerprints.")
@@ -54,14 +87,34 @@ class MatchResult(BaseModel):
                     "event_id": 42,
                     "kind": "dispatch",
                     "decision": "matched",
+                    "review": False,
                     "pallet_id": _PALLET,
                     "score": 0.91,
                     "votes": 6,
                     "blocks_compared": 6,
+                    "verification": {
+                        "band": "matched",
+                        "inliers": 1240,
+                        "confirmed_blocks": 6,
+                        "runner_up_inliers": 21,
+                        "candidates_checked": 2,
+                    },
                     "blocks": [{"position": i, "pallet_id": _PALLET, "similarity": 0.93} for i in range(6)],
                     "candidates": [
-                        {"pallet_id": _PALLET, "votes": 6, "score": 0.91},
-                        {"pallet_id": _OTHER, "votes": 0, "score": 0.12},
+                        {
+                            "pallet_id": _PALLET,
+                            "votes": 6,
+                            "score": 0.91,
+                            "inliers": 1240,
+                            "confirmed_blocks": 6,
+                        },
+                        {
+                            "pallet_id": _OTHER,
+                            "votes": 0,
+                            "score": 0.42,
+                            "inliers": 21,
+                            "confirmed_blocks": 0,
+                        },
                     ],
                     "model": "pcb_resnet18-p4x128-0123456789ab",
                 }

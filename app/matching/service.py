@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-import numpy as np
 from sqlalchemy.orm import Session
 
 from app.db.tables import (
@@ -38,11 +38,23 @@ from app.db.tables import (
 from app.errors import IdempotencyConflictError, InvalidRequestError, PalletNotFoundError
 from app.events.repository import EventRepository
 from app.matching.repository import FingerprintRepository, StoredNeighbour
-from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult
+from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult, Verification
+from app.model_runner import BlockAnalysis
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
+from models.runtime.local_features import LocalFeatures
 from models.runtime.thresholds import DecisionParameters
-from models.runtime.voting import Decision, Neighbour, VotingThresholds, decide, shortlist, unit_rows, verify
+from models.runtime.voting import (
+    Candidate,
+    GeometryParameters,
+    Neighbour,
+    Outcome,
+    VerifiedDecision,
+    VotingThresholds,
+    decide_verified,
+    shortlist,
+    unit_rows,
+)
 
 STATUS_AFTER: dict[EventKind, PalletStatus] = {
     EventKind.RECEIPT: PalletStatus.IN_STOCK,
@@ -58,6 +70,7 @@ class MatchingConfig:
     captures_per_pallet: int
     ef_search: int
     max_candidates: int
+    geometry: GeometryParameters = field(default_factory=GeometryParameters)
 
     @classmethod
     def from_settings(cls, settings: Settings, decision: DecisionParameters) -> MatchingConfig:
@@ -69,6 +82,7 @@ class MatchingConfig:
             captures_per_pallet=decision.rule.captures_per_pallet,
             ef_search=settings.hnsw_ef_search,
             max_candidates=settings.max_candidates,
+            geometry=decision.geometry,
         )
 
 
@@ -100,8 +114,8 @@ class EventDetails:
             self.captured_at.isoformat() if self.captured_at is not None else None,
             str(self.pallet_id) if self.pallet_id is not None else None,
         ]
-        for field in fields:
-            encoded = b"\x00" if field is None else b"\x01" + field.encode()
+        for value in fields:
+            encoded = b"\x00" if value is None else b"\x01" + value.encode()
             digest.update(len(encoded).to_bytes(8, "big") + encoded)
         for image in images:
             digest.update(len(image).to_bytes(8, "big") + image)
@@ -111,19 +125,25 @@ class EventDetails:
 class MatchingService:
     """Applies the rule of ``models.runtime.voting`` to pgvector neighbours and records the outcome."""
 
-    def __init__(self, session: Session, config: MatchingConfig) -> None:
+    def __init__(self, session: Session, config: MatchingConfig, executor: Executor | None = None) -> None:
         self._config = config
+        self._executor = executor
         self._pallets = PalletRepository(session)
         self._events = EventRepository(session)
         self._fingerprints = FingerprintRepository(session)
 
     def record(
-        self, kind: EventKind, embeddings: np.ndarray, *, model_id: str, details: EventDetails
+        self, kind: EventKind, blocks: BlockAnalysis, *, model_id: str, details: EventDetails
     ) -> MatchResult:
-        """Identify (or register) the pallet of ``embeddings`` (one row per block, in upload order)."""
+        """Identify (or register) the pallet of ``blocks`` (fingerprints and local features, upload order)."""
+        embeddings = blocks.fingerprints
         if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] != EMBEDDING_DIM:
             raise InvalidRequestError(
                 f"expected (blocks, {EMBEDDING_DIM}) fingerprints, got {embeddings.shape}"
+            )
+        if len(blocks.features) != len(embeddings):
+            raise InvalidRequestError(
+                f"{len(embeddings)} fingerprints but {len(blocks.features)} feature sets"
             )
 
         self._fingerprints.lock_identification()
@@ -137,22 +157,23 @@ class MatchingService:
             pallet = self._pallets.get_for_update(details.pallet_id)
             if pallet is None:
                 raise PalletNotFoundError(f"no pallet {details.pallet_id}")
-            decision: Decision[uuid.UUID] | None = None
+            decision: VerifiedDecision[uuid.UUID] | None = None
             outcome = MatchDecision.MATCHED
         else:
-            decision = self.identify(kind, embeddings, model_id=model_id)
+            decision = self.identify(kind, blocks, model_id=model_id)
             pallet, outcome = self._matched_or_new(decision.pallet, now)
 
         pallet.status = STATUS_AFTER[kind].value
         pallet.last_seen = now
+        reported = _reported_candidate(decision)
         event = self._events.add(
             Event(
                 pallet_id=pallet.id,
                 kind=kind.value,
                 decision=outcome.value,
-                score=decision.score if decision is not None else None,
-                votes=decision.votes if decision is not None else 0,
-                blocks_compared=decision.blocks_compared if decision is not None else 0,
+                score=reported.score if reported is not None else None,
+                votes=reported.votes if reported is not None else 0,
+                blocks_compared=len(embeddings) if decision is not None else 0,
                 model_id=model_id,
                 site=details.site,
                 gate=details.gate,
@@ -160,6 +181,11 @@ class MatchingService:
                 captured_at=details.captured_at,
                 recorded_at=now,
                 result={},
+                review=decision is not None and decision.review,
+                inliers=decision.checked[0].inliers if decision is not None and decision.checked else None,
+                runner_up_inliers=(
+                    decision.runner_up.inliers if decision is not None and decision.runner_up else None
+                ),
             )
         )
         self._fingerprints.add_all(
@@ -170,11 +196,12 @@ class MatchingService:
                     model_id=model_id,
                     position=position,
                     embedding=vector,
+                    local_features=features.to_bytes(),
                 )
-                for position, vector in enumerate(embeddings)
+                for position, (vector, features) in enumerate(zip(embeddings, blocks.features, strict=True))
             ]
         )
-        result = _match_result(event, pallet.id, outcome, decision, model_id)
+        result = _match_result(event, pallet.id, outcome, decision, model_id, self._config.max_candidates)
         event.result = result.model_dump(mode="json")
         if details.idempotency_key is not None and details.request_digest is not None:
             self._events.add_idempotency_key(
@@ -187,16 +214,20 @@ class MatchingService:
             )
         return result
 
-    def identify(self, kind: EventKind, embeddings: np.ndarray, *, model_id: str) -> Decision[uuid.UUID]:
-        """Shortlist pallets from the nearest stored blocks of the same model, verify them, decide.
+    def identify(
+        self, kind: EventKind, blocks: BlockAnalysis, *, model_id: str
+    ) -> VerifiedDecision[uuid.UUID]:
+        """Shortlist pallets from the nearest stored blocks of the same model, pair, verify geometrically.
 
         A receipt can only be a pallet that is not in stock (a returning one), so in-stock pallets are left
-        out of its vote; a dispatch considers every known pallet and prefers those in stock.
+        out of its shortlist. Stored local features are read only for the captures the rule checks.
+        A pallet recorded before local features were stored cannot be verified: if the network alone
+        matched it, the query is flagged for review rather than merged (or silently registered).
         """
         self._fingerprints.configure_search(ef_search=self._config.ef_search)
         per_block = [
             self._fingerprints.nearest(vector, model_id=model_id, limit=self._config.top_k)
-            for vector in embeddings
+            for vector in blocks.fingerprints
         ]
         if kind is EventKind.RECEIPT:
             per_block = [
@@ -211,13 +242,30 @@ class MatchingService:
         in_stock = {
             n.pallet_id for block in per_block for n in block if n.pallet_status == PalletStatus.IN_STOCK
         }
-        return decide(
+        without_features: set[uuid.UUID] = set()
+
+        def load_features(pallet: uuid.UUID, capture: int) -> list[LocalFeatures | None]:
+            features = self._fingerprints.capture_features(
+                captures[pallet][capture].event_id, model_id=model_id
+            )
+            if all(item is None for item in features):
+                without_features.add(pallet)
+            return features
+
+        decision = decide_verified(
             neighbours,
-            verify(unit_rows(embeddings), captures),
+            unit_rows(blocks.fingerprints),
+            blocks.features,
+            {pallet: [c.fingerprints for c in stored] for pallet, stored in captures.items()},
+            load_features,
             self._config.thresholds,
+            self._config.geometry,
             preferred=in_stock,
-            max_candidates=self._config.max_candidates,
+            executor=self._executor,
         )
+        if decision.outcome is Outcome.NEW and decision.network.pallet in without_features:
+            return replace(decision, outcome=Outcome.REVIEW)
+        return decision
 
     def _matched_or_new(self, pallet_id: uuid.UUID | None, now: datetime) -> tuple[Pallet, MatchDecision]:
         """Row-lock the decided pallet, or register a new one when the vote found none."""
@@ -247,28 +295,64 @@ def _neighbours(per_block: Sequence[Sequence[StoredNeighbour]]) -> list[list[Nei
     return [[Neighbour(pallet=n.pallet_id, similarity=n.similarity) for n in block] for block in per_block]
 
 
+def _reported_candidate(decision: VerifiedDecision[uuid.UUID] | None) -> Candidate[uuid.UUID] | None:
+    """The network's view of the decided pallet, or of the strongest checked candidate when none was."""
+    if decision is None:
+        return None
+    pallet = (
+        decision.pallet
+        if decision.pallet is not None
+        else (decision.checked[0].pallet if decision.checked else None)
+    )
+    candidates = decision.network.candidates
+    return next((c for c in candidates if c.pallet == pallet), candidates[0] if candidates else None)
+
+
 def _match_result(
     event: Event,
     pallet_id: uuid.UUID,
     outcome: MatchDecision,
-    decision: Decision[uuid.UUID] | None,
+    decision: VerifiedDecision[uuid.UUID] | None,
     model_id: str,
+    max_candidates: int,
 ) -> MatchResult:
+    evidence = {item.pallet: item for item in decision.checked} if decision is not None else {}
+    candidates = list(decision.network.candidates[:max_candidates]) if decision is not None else []
     return MatchResult(
         event_id=event.id,
         kind=EventKind(event.kind),
         decision=outcome,
+        review=event.review,
         pallet_id=pallet_id,
         score=event.score,
         votes=event.votes,
         blocks_compared=event.blocks_compared,
+        verification=(
+            Verification(
+                band=decision.outcome.value,
+                inliers=event.inliers,
+                confirmed_blocks=decision.checked[0].confirmed_blocks if decision.checked else None,
+                runner_up_inliers=event.runner_up_inliers,
+                candidates_checked=len(decision.checked),
+            )
+            if decision is not None
+            else None
+        ),
         blocks=[
             BlockMatch(position=block.position, pallet_id=block.pallet, similarity=block.similarity)
-            for block in (decision.blocks if decision is not None else [])
+            for block in (decision.network.blocks if decision is not None else [])
         ],
         candidates=[
-            CandidateMatch(pallet_id=candidate.pallet, votes=candidate.votes, score=candidate.score)
-            for candidate in (decision.candidates if decision is not None else [])
+            CandidateMatch(
+                pallet_id=candidate.pallet,
+                votes=candidate.votes,
+                score=candidate.score,
+                inliers=evidence[candidate.pallet].inliers if candidate.pallet in evidence else None,
+                confirmed_blocks=(
+                    evidence[candidate.pallet].confirmed_blocks if candidate.pallet in evidence else None
+                ),
+            )
+            for candidate in candidates
         ],
         model=model_id,
     )

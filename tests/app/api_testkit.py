@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import numpy as np
 from PIL import Image
+
+from app.model_runner import BlockAnalysis
+from models.runtime.local_features import LocalFeatures, extract
 
 FreshDatabase = Callable[[], AbstractContextManager[str]]
 """The ``fresh_database`` fixture: a context manager yielding the URL of an empty, throw-away database."""
@@ -35,3 +39,22 @@ def unit_vectors(seed: int, count: int = 6, dim: int = 512) -> np.ndarray:
     """Random unit vectors: nearly orthogonal to those of other seeds (cosine ~ 0 +- 0.05)."""
     vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@functools.cache
+def _noise_block_features(seed: int, count: int) -> tuple[LocalFeatures, ...]:
+    return tuple(extract(Image.open(io.BytesIO(blob))) for blob in noise_blocks(seed, count))
+
+
+def block_analysis(seed: int, count: int = 6, fingerprints: np.ndarray | None = None) -> BlockAnalysis:
+    """What the model runner makes of ``noise_blocks(seed)``: ``unit_vectors(seed)`` as fingerprints (or
+    the given ones) and the real local features of those images, so geometry agrees with the vectors."""
+    vectors = unit_vectors(seed, count) if fingerprints is None else fingerprints
+    return BlockAnalysis(fingerprints=vectors, features=list(_noise_block_features(seed, count)))
+
+
+def pick(analysis: BlockAnalysis, rows: list[int]) -> BlockAnalysis:
+    """The blocks ``rows`` of ``analysis`` in that order (a partial or permuted capture)."""
+    return BlockAnalysis(
+        fingerprints=analysis.fingerprints[rows], features=[analysis.features[row] for row in rows]
+    )

@@ -40,6 +40,18 @@ def test_receipt_registers_unknown_pallet_then_dispatch_matches_it(client: TestC
         "pallet_id": registered["pallet_id"],
         "votes": 6,
         "score": matched["score"],
+        "inliers": matched["verification"]["inliers"],
+        "confirmed_blocks": 6,
+    }
+    assert matched["review"] is False
+    assert matched["verification"]["band"] == "matched"
+    assert matched["verification"]["inliers"] >= 6 * 400, "the same images: nearly every feature agrees"
+    assert registered["verification"] == {
+        "band": "new",
+        "inliers": None,
+        "confirmed_blocks": None,
+        "runner_up_inliers": None,
+        "candidates_checked": 0,
     }
     assert matched["event_id"] > registered["event_id"]
 

@@ -1,4 +1,5 @@
-"""Identification and registration through the service on hand-made fingerprints (no model involved)."""
+"""Identification and registration through the service on hand-made fingerprints and the real local features
+of noise images (no network involved)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from api_testkit import unit_vectors
-from sqlalchemy import create_engine, func, select, text
+from api_testkit import block_analysis, pick, unit_vectors
+from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db.migrations import upgrade_to_head
@@ -19,6 +20,7 @@ from app.db.tables import HNSW_INDEX_NAME, Event, EventKind, Fingerprint, MatchD
 from app.matching.repository import FingerprintRepository, nearest_query
 from app.matching.schemas import MatchResult
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
+from app.model_runner import BlockAnalysis
 from app.pallets.repository import PalletRepository
 from models.runtime.voting import VotingThresholds
 
@@ -39,11 +41,11 @@ Record = Callable[..., MatchResult]
 def record(session_factory: Callable[[], Session]) -> Record:
     """Record one receipt/dispatch in its own unit of work, as a request would."""
 
-    def run(kind: EventKind, vectors: np.ndarray, model_id: str = MODEL, **details: object) -> MatchResult:
+    def run(kind: EventKind, blocks: BlockAnalysis, model_id: str = MODEL, **details: object) -> MatchResult:
         with unit_of_work(session_factory) as session:
             return MatchingService(session, CONFIG).record(
                 kind,
-                vectors,
+                blocks,
                 model_id=model_id,
                 details=EventDetails(**details),  # type: ignore[arg-type]
             )
@@ -59,66 +61,121 @@ def status_of(session: Session, pallet_id: uuid.UUID) -> str:
 
 
 def test_permuted_positions_still_match(record: Record) -> None:
-    pallet = unit_vectors(seed=1)
+    pallet = block_analysis(seed=1)
     registered = record(EventKind.RECEIPT, pallet)
-    permuted = record(EventKind.DISPATCH, pallet[[3, 5, 0, 1, 4, 2]])
-    assert registered.decision is MatchDecision.REGISTERED
-    assert permuted.decision is MatchDecision.MATCHED
+    permuted = record(EventKind.DISPATCH, pick(pallet, [3, 5, 0, 1, 4, 2]))
+    assert registered.decision is MatchDecision.REGISTERED and not registered.review
+    assert registered.verification is not None and registered.verification.band == "new"
+    assert permuted.decision is MatchDecision.MATCHED and not permuted.review
     assert permuted.pallet_id == registered.pallet_id
     assert permuted.votes == 6
     assert permuted.score == pytest.approx(1.0, abs=1e-3)
+    assert permuted.verification is not None and permuted.verification.confirmed_blocks == 6
+    assert permuted.candidates[0].inliers is not None and permuted.candidates[0].inliers > 6 * 200
 
 
-def test_missing_blocks_match_with_enough_votes(record: Record) -> None:
-    pallet = unit_vectors(seed=2)
+def test_missing_blocks_match_on_two_blocks_and_one_block_goes_to_review(record: Record) -> None:
+    pallet = block_analysis(seed=2)
     registered = record(EventKind.RECEIPT, pallet)
-    partial = record(EventKind.DISPATCH, pallet[[4, 1]])
+    partial = record(EventKind.DISPATCH, pick(pallet, [4, 1]))
     assert (partial.decision, partial.pallet_id, partial.blocks_compared) == (
         MatchDecision.MATCHED,
         registered.pallet_id,
         2,
     )
-    single = record(EventKind.DISPATCH, pallet[[0]])
-    assert single.decision is MatchDecision.REGISTERED, "one vote is below min_votes=2"
+    single = record(EventKind.DISPATCH, pick(pallet, [0]))
+    assert single.decision is MatchDecision.REGISTERED, "evidence from one block is not enough to merge"
+    assert single.review, "... but it is strong: a person should look"
+    assert single.pallet_id != registered.pallet_id
+    assert [c.pallet_id for c in single.candidates] == [registered.pallet_id]
 
 
 def test_noisy_captures_match_and_strangers_do_not(record: Record) -> None:
-    pallet = unit_vectors(seed=3)
+    pallet = block_analysis(seed=3)
     registered = record(EventKind.RECEIPT, pallet)
-    noisy = pallet + 0.02 * unit_vectors(seed=4)
+    noisy = pallet.fingerprints + 0.02 * unit_vectors(seed=4)
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-    assert record(EventKind.DISPATCH, noisy).pallet_id == registered.pallet_id
-    stranger = record(EventKind.DISPATCH, unit_vectors(seed=5))
-    assert stranger.decision is MatchDecision.REGISTERED
+    assert record(EventKind.DISPATCH, block_analysis(seed=3, fingerprints=noisy)).pallet_id == (
+        registered.pallet_id
+    )
+    stranger = record(EventKind.DISPATCH, block_analysis(seed=5))
+    assert stranger.decision is MatchDecision.REGISTERED and not stranger.review
     assert stranger.pallet_id != registered.pallet_id
     assert stranger.votes == 0
 
 
-def test_exact_tie_resolves_deterministically(record: Record) -> None:
-    twin = unit_vectors(seed=6)
+def test_network_lookalike_without_geometric_evidence_is_new(record: Record) -> None:
+    """The network would merge these (identical fingerprints); the block images share no structure."""
+    pallet = block_analysis(seed=12)
+    registered = record(EventKind.RECEIPT, pallet)
+    lookalike = record(EventKind.DISPATCH, block_analysis(seed=13, fingerprints=pallet.fingerprints))
+    assert lookalike.decision is MatchDecision.REGISTERED and not lookalike.review
+    assert lookalike.pallet_id != registered.pallet_id
+    assert lookalike.votes == 6 and lookalike.score == pytest.approx(1.0, abs=1e-3)
+    assert lookalike.verification is not None and lookalike.verification.band == "new"
+    assert lookalike.candidates[0].inliers is not None and lookalike.candidates[0].inliers < 50
+
+
+def test_indistinguishable_twins_go_to_review_never_to_one_of_them(record: Record) -> None:
+    twin = block_analysis(seed=6)
     first = record(EventKind.RECEIPT, twin)
     # The first pallet is in stock, so an identical receipt cannot be it: a second pallet is registered.
     second = record(EventKind.RECEIPT, twin)
     assert second.decision is MatchDecision.REGISTERED
     assert second.pallet_id != first.pallet_id
     dispatch = record(EventKind.DISPATCH, twin)
-    assert dispatch.candidates[0].votes == 6, "every block's nearest-pallet tie goes the same way"
-    assert dispatch.pallet_id == min(first.pallet_id, second.pallet_id, key=str)
+    assert dispatch.decision is MatchDecision.REGISTERED and dispatch.review
+    assert {c.pallet_id for c in dispatch.candidates} == {first.pallet_id, second.pallet_id}
+    assert dispatch.verification is not None
+    assert dispatch.verification.inliers == dispatch.verification.runner_up_inliers, "no margin at all"
 
 
-def test_dispatch_prefers_pallets_in_stock(record: Record, session: Session) -> None:
-    a, b = unit_vectors(seed=7), unit_vectors(seed=8)
+def test_geometric_evidence_decides_a_mixed_capture(record: Record, session: Session) -> None:
+    a, b = block_analysis(seed=7), block_analysis(seed=8)
     pallet_a = record(EventKind.DISPATCH, a).pallet_id
     pallet_b = record(EventKind.RECEIPT, b).pallet_id
-    mixed = np.concatenate([a[:4], b[4:]])
+    mixed = BlockAnalysis(
+        fingerprints=np.concatenate([a.fingerprints[:4], b.fingerprints[4:]]),
+        features=[*a.features[:4], *b.features[4:]],
+    )
     result = record(EventKind.DISPATCH, mixed)
     assert {c.pallet_id: c.votes for c in result.candidates} == {pallet_a: 4, pallet_b: 2}
-    assert result.pallet_id == pallet_b, "b is in stock, a already left: b wins despite fewer votes"
-    assert status_of(session, pallet_b) == "dispatched"
+    assert {c.pallet_id: c.confirmed_blocks for c in result.candidates} == {pallet_a: 4, pallet_b: 2}
+    assert result.pallet_id == pallet_a, "four confirmed blocks against two: a wins by a wide margin"
+    assert status_of(session, pallet_a) == "dispatched"
+    assert status_of(session, pallet_b) == "in_stock"
+
+
+def test_the_evidence_is_stored_with_the_event(record: Record, session: Session) -> None:
+    known = block_analysis(seed=14)
+    record(EventKind.RECEIPT, known)
+    record(EventKind.RECEIPT, block_analysis(seed=15))
+    result = record(EventKind.DISPATCH, known)
+    event = session.get(Event, result.event_id)
+    assert event is not None and event.review is False
+    assert result.verification is not None
+    assert event.inliers == result.verification.inliers and event.inliers is not None and event.inliers > 1000
+    assert event.runner_up_inliers == result.verification.runner_up_inliers
+    assert event.runner_up_inliers is not None and event.runner_up_inliers < 50
+    stored = FingerprintRepository(session).capture_features(result.event_id, model_id=MODEL)
+    assert [len(features) for features in stored if features is not None] == [len(f) for f in known.features]
+
+
+def test_a_network_match_on_blocks_without_stored_features_is_flagged_not_merged(
+    record: Record, session: Session
+) -> None:
+    """Fingerprints recorded before local features were stored cannot be verified: review, never merge."""
+    legacy = block_analysis(seed=16)
+    pallet = record(EventKind.RECEIPT, legacy).pallet_id
+    session.execute(update(Fingerprint).where(Fingerprint.pallet_id == pallet).values(local_features=None))
+    session.commit()
+    result = record(EventKind.DISPATCH, legacy)
+    assert result.decision is MatchDecision.REGISTERED and result.review
+    assert result.pallet_id != pallet and result.candidates[0].pallet_id == pallet
 
 
 def test_receipt_does_not_match_a_pallet_in_stock(record: Record, session: Session) -> None:
-    pallet = unit_vectors(seed=9)
+    pallet = block_analysis(seed=9)
     in_stock = record(EventKind.RECEIPT, pallet)
     again = record(EventKind.RECEIPT, pallet)
     assert again.decision is MatchDecision.REGISTERED
@@ -127,7 +184,7 @@ def test_receipt_does_not_match_a_pallet_in_stock(record: Record, session: Sessi
 
 
 def test_fingerprints_of_one_model_never_match_queries_of_another(record: Record, session: Session) -> None:
-    pallet = unit_vectors(seed=10)
+    pallet = block_analysis(seed=10)
     under_a = record(EventKind.RECEIPT, pallet, model_id="model-a")
     under_b = record(EventKind.DISPATCH, pallet, model_id="model-b")
     assert under_b.decision is MatchDecision.REGISTERED
@@ -149,14 +206,14 @@ def test_failure_after_pallet_insert_rolls_everything_back(
 
     monkeypatch.setattr(PalletRepository, "add", add_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
-        record(EventKind.RECEIPT, unit_vectors(seed=11))
+        record(EventKind.RECEIPT, block_analysis(seed=11))
     for table in (Pallet, Event, Fingerprint):
         assert session.scalar(select(func.count()).select_from(table)) == 0
 
 
 def test_knn_query_uses_the_hnsw_index(record: Record, session: Session) -> None:
     for seed in range(20, 24):
-        record(EventKind.RECEIPT, unit_vectors(seed=seed))
+        record(EventKind.RECEIPT, block_analysis(seed=seed))
     session.execute(text("SET LOCAL enable_seqscan = off"))
     statement = nearest_query(unit_vectors(seed=20)[0], model_id=MODEL, limit=5)
     compiled = statement.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
@@ -171,7 +228,7 @@ def test_concurrent_dispatches_of_an_unknown_pallet_register_it_once(
         upgrade_to_head(url)
         engine = create_engine(url, pool_size=4)
         factory = build_session_factory(engine)
-        pallet = unit_vectors(seed=30)
+        pallet = block_analysis(seed=30)
         barrier = threading.Barrier(3)
         results: list[MatchResult] = []
 
@@ -202,10 +259,10 @@ def test_model_filter_keeps_recall_through_iterative_index_scans(record: Record,
     """Another model's identical fingerprints crowd the HNSW candidate list; the filtered scan goes on."""
     pallet = unit_vectors(seed=40)
     for _ in range(20):
-        record(EventKind.DISPATCH, pallet, model_id="model-b")
+        record(EventKind.DISPATCH, block_analysis(seed=40), model_id="model-b")
     noisy = pallet + 0.05 * unit_vectors(seed=41)
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-    mine = record(EventKind.RECEIPT, noisy, model_id=MODEL).pallet_id
+    mine = record(EventKind.RECEIPT, block_analysis(seed=40, fingerprints=noisy), model_id=MODEL).pallet_id
 
     repository = FingerprintRepository(session)
     session.execute(text("SET LOCAL enable_seqscan = off"))
@@ -217,23 +274,23 @@ def test_model_filter_keeps_recall_through_iterative_index_scans(record: Record,
 
 
 def test_latest_captures_returns_the_newest_events_of_each_pallet(record: Record, session: Session) -> None:
-    first, second, third = unit_vectors(seed=50), unit_vectors(seed=51), unit_vectors(seed=52)
+    first, second, third = block_analysis(seed=50), block_analysis(seed=51), block_analysis(seed=52)
     pallet = record(EventKind.RECEIPT, first).pallet_id
-    record(EventKind.DISPATCH, second, pallet_id=pallet)
-    record(EventKind.RECEIPT, third, pallet_id=pallet)
-    record(EventKind.RECEIPT, unit_vectors(seed=53), model_id="model-b", pallet_id=pallet)
-    other = record(EventKind.RECEIPT, unit_vectors(seed=54)).pallet_id
+    second_event = record(EventKind.DISPATCH, second, pallet_id=pallet).event_id
+    third_event = record(EventKind.RECEIPT, third, pallet_id=pallet).event_id
+    record(EventKind.RECEIPT, block_analysis(seed=53), model_id="model-b", pallet_id=pallet)
+    other = record(EventKind.RECEIPT, block_analysis(seed=54)).pallet_id
 
     captures = FingerprintRepository(session).latest_captures(
         [pallet, other, uuid.uuid4()], model_id=MODEL, per_pallet=2
     )
 
     assert set(captures) == {pallet, other}
-    assert [capture.shape for capture in captures[pallet]] == [(6, 512), (6, 512)]
-    # oldest first of the two newest, blocks in upload order; halfvec storage keeps ~3 decimals
-    np.testing.assert_allclose(captures[pallet][0], second, atol=2e-3)
-    np.testing.assert_allclose(captures[pallet][1], third, atol=2e-3)
-    assert np.allclose(np.linalg.norm(captures[pallet][1], axis=1), 1.0)
+    assert [capture.event_id for capture in captures[pallet]] == [third_event, second_event], "newest first"
+    # blocks in upload order; halfvec storage keeps ~3 decimals
+    np.testing.assert_allclose(captures[pallet][0].fingerprints, third.fingerprints, atol=2e-3)
+    np.testing.assert_allclose(captures[pallet][1].fingerprints, second.fingerprints, atol=2e-3)
+    assert np.allclose(np.linalg.norm(captures[pallet][1].fingerprints, axis=1), 1.0)
     assert FingerprintRepository(session).latest_captures([], model_id=MODEL, per_pallet=2) == {}
 
 
@@ -241,11 +298,11 @@ def test_a_pallet_is_verified_against_its_recent_captures_only(
     record: Record, session_factory: Callable[[], Session]
 ) -> None:
     """Blocks repaired after receipt: the dispatch after the repair matches the newest capture."""
-    before, after = unit_vectors(seed=60), unit_vectors(seed=61)
+    before, after = block_analysis(seed=60), block_analysis(seed=61)
     pallet = record(EventKind.RECEIPT, before).pallet_id
     record(EventKind.DISPATCH, after, pallet_id=pallet)  # attached by id: the blocks were replaced
     record(EventKind.RECEIPT, after, pallet_id=pallet)
-    again = record(EventKind.DISPATCH, after[::-1])
+    again = record(EventKind.DISPATCH, pick(after, [5, 4, 3, 2, 1, 0]))
     assert (again.decision, again.pallet_id) == (MatchDecision.MATCHED, pallet)
     assert again.score == pytest.approx(1.0, abs=1e-3)
 
@@ -264,11 +321,11 @@ def test_a_pallet_is_verified_against_its_recent_captures_only(
 
 def test_a_stranger_resembling_one_stored_block_is_not_matched(record: Record) -> None:
     """Best-block scoring would give this stranger ~0.9 against the only stored pallet; pairing does not."""
-    stored = unit_vectors(seed=70)
+    stored = block_analysis(seed=70)
     pallet = record(EventKind.RECEIPT, stored).pallet_id
-    lookalike = stored[[0] * 6] + 0.3 * unit_vectors(seed=71)
+    lookalike = stored.fingerprints[[0] * 6] + 0.3 * unit_vectors(seed=71)
     lookalike /= np.linalg.norm(lookalike, axis=1, keepdims=True)
-    result = record(EventKind.DISPATCH, lookalike)
+    result = record(EventKind.DISPATCH, block_analysis(seed=71, fingerprints=lookalike))
     assert result.decision is MatchDecision.REGISTERED and result.pallet_id != pallet
     assert result.candidates[0].pallet_id == pallet and result.candidates[0].votes == 6
     assert result.candidates[0].score < 0.3

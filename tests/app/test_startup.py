@@ -23,7 +23,7 @@ from models.runtime.checkpoint import (
 )
 from models.runtime.pcb import build_model
 from models.runtime.thresholds import DecisionParameters, RuleSettings, write_decision_parameters
-from models.runtime.voting import VotingThresholds
+from models.runtime.voting import GeometryParameters, VotingThresholds
 
 
 def _start(settings: Settings) -> None:
@@ -73,6 +73,7 @@ def _calibrated_copy(tiny_checkpoint: Path, tmp_path: Path) -> tuple[Path, Decis
         model_id=read_metadata(path).model_id,
         thresholds=VotingThresholds(block_threshold=0.99, min_votes=2, score_threshold=0.98),
         rule=RuleSettings(top_k=8, shortlist_size=5, captures_per_pallet=2),
+        geometry=GeometryParameters(candidates_checked=3, match_inliers=150, review_inliers=90),
     )
     store_decision_parameters(path, parameters)
     return path, parameters
@@ -99,6 +100,16 @@ def test_readyz_shows_the_checkpoint_parameters_and_the_overrides(
         "shortlist_size": 5,
         "captures_per_pallet": 2,
         "fingerprint_normalisation": "l2",
+        "geometry": {
+            "candidates_checked": 3,
+            "captures_checked": 1,
+            "block_inliers": 25,
+            "match_inliers": 150,
+            "match_blocks": 2,
+            "min_margin": 50,
+            "review_inliers": 90,
+            "review_when_network_matches": False,
+        },
         "source": f"checkpoint {path}",
         "overridden": [],
     }
@@ -106,6 +117,7 @@ def test_readyz_shows_the_checkpoint_parameters_and_the_overrides(
     with TestClient(create_app(settings)) as client:
         shown = client.get("/readyz").json()["decision_parameters"]
         assert client.app.state.matching_config.top_k == 20  # type: ignore[attr-defined]
+        assert client.app.state.matching_config.geometry.match_inliers == 150  # type: ignore[attr-defined]
     assert (shown["min_votes"], shown["top_k"], shown["block_threshold"]) == (4, 20, 0.99)
     assert shown["overridden"] == ["PALLETREID_MIN_VOTES", "PALLETREID_TOP_K"]
 
