@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="benchmark embedding, dispatch latency, vector search and growth (JSON to stdout)",
         description=(
             "Measure on this machine: (1) block images/s through the service's embedding path vs the bare "
-            "network forward; (2) end-to-end HTTP dispatch latency and throughput against seeded galleries; "
+            "network forward; (1b) the geometric stage: ORB extraction per block, matching per block pair "
+            "and the whole stage per dispatch; (2) end-to-end HTTP dispatch latency and throughput against "
+            "seeded galleries; "
             "(3) HNSW recall@k and cost vs exact search, vector vs halfvec, ef_search/m, FAISS; (4) growth "
             "of latency, memory and disk, extrapolated to 1M and 10M pallets. Uses a throw-away database on "
             "DATABASE_URL's server when set, otherwise an embedded PostgreSQL. Prints one JSON document; "
@@ -46,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--sections",
         type=_name_list,
-        help="comma-separated subset of embedding,latency,search,growth (default: all)",
+        help="comma-separated subset of embedding,verification,latency,search,growth (default: all)",
     )
     parser.add_argument(
         "--galleries", type=_int_list, help="gallery sizes in pallets (default: 1000,10000,100000)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-SECTIONS: tuple[str, ...] = ("embedding", "latency", "search", "growth")
+SECTIONS: tuple[str, ...] = ("embedding", "verification", "latency", "search", "growth")
 EMBEDDING_VARIANTS: tuple[str, ...] = ("fp32", "channels_last", "bf16", "compile")
 """Bare-forward variants: plain fp32 (contiguous), channels_last (what the service runs), bf16 autocast on
 top of channels_last, and ``torch.compile`` on top of channels_last."""
@@ -30,6 +30,8 @@ class BenchConfig:
     """Minimum timed seconds per embedding measurement."""
     embedding_variants: tuple[str, ...] = ("fp32", "channels_last", "bf16")
     """``compile`` is opt-in: compiling the network takes several minutes on two cores."""
+    verification_seconds: float = 4.0
+    """Minimum timed seconds per extraction and matching measurement (``bench/verification.py``)."""
     real_pallets: int = 48
     """Synthetic pallets rendered and embedded: camera 1 enrols them, camera 2 queries them."""
     search_queries: int = 200
@@ -91,6 +93,7 @@ QUICK = BenchConfig(
     embed_batch_sizes=(1, 6),
     embed_seconds=0.2,
     embedding_variants=("fp32", "channels_last", "bf16"),
+    verification_seconds=0.2,
     real_pallets=3,
     search_queries=12,
     exact_queries=2,

@@ -31,6 +31,7 @@ from bench.gallery import Gallery, perturbed_fingerprints, service_hnsw_m
 from bench.growth import run_growth
 from bench.latency import http_dispatch_load, identify_breakdown, latency_targets, running_server
 from bench.search import RECALL_TARGET, index_variants, run_search
+from bench.verification import run_verification
 from models.runtime.checkpoint import DEFAULT_CHECKPOINT
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
@@ -161,6 +162,13 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         result["embedding"] = run_embedding(embedder, blobs, config, settings)
         result["targets"].update({f"embedding.{k}": v for k, v in result["embedding"]["targets"].items()})
         result["durations_s"]["embedding"] = round(time.perf_counter() - section_started, 1)
+
+    if "verification" in config.sections:
+        section_started = time.perf_counter()
+        result["verification"] = run_verification(
+            embedder, pallets, decision.parameters, settings, min_seconds=config.verification_seconds
+        )
+        result["durations_s"]["verification"] = round(time.perf_counter() - section_started, 1)
 
     if config.needs_database:
         with scratch_database(settings.database_url, config.data_dir) as database_url:

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--data", type=Path, required=True, help="dataset root (metadata.csv or folder per identity)"
+        "--data", type=Path, default=None, help="dataset root (metadata.csv or folder per identity)"
     )
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="checkpoint .safetensors (default: the shipped one)"
@@ -138,6 +138,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder of the embedding and local-feature caches (default: --out); share it between "
         "evaluations of one dataset",
     )
+    reference = parser.add_argument_group(
+        "real reference captures",
+        "--reference DIR measures captures of one real block instead of a dataset: every pair's "
+        "fingerprint cosine (vs the block threshold) and homography inliers (vs block_inliers), and each "
+        "capture's inliers against the receipt blocks of other pallets (--impostors). The images are read "
+        "in place, decoded and extracted as the service does; writes OUT/reference.json.",
+    )
+    reference.add_argument("--reference", type=Path, default=None, metavar="DIR")
+    reference.add_argument(
+        "--impostors",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DATA",
+        help="dataset whose blocks are the impostors (repeatable)",
+    )
+    reference.add_argument(
+        "--impostor-pallets", type=int, default=100, help="pallets taken from each dataset (default 100)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -174,6 +193,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.store_in_checkpoint and not args.calibrate:
         logger.error("--store-in-checkpoint needs --calibrate")
+        return 2
+    if args.reference is not None:
+        return run_reference(args)
+    if args.data is None:
+        logger.error("--data (or --reference) is required")
         return 2
     checkpoint: Path = args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT
     try:
@@ -228,6 +252,38 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(format_summary(report))
     print(f"\nreport: {args.out / REPORT_FILE}")
+    return 0
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    """``--reference DIR``: the real captures of one block, pairwise and against other pallets' blocks."""
+    import json
+
+    from models.evaluation.reference import REFERENCE_FILE, evaluate_reference, format_reference
+    from models.runtime.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
+    from models.runtime.inference import Embedder
+    from models.runtime.voting import GeometryParameters
+
+    checkpoint: Path = args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT
+    try:
+        embedder = Embedder.load(checkpoint, device=args.device, num_threads=args.threads)
+        decision = embedder.metadata.decision
+        report = evaluate_reference(
+            args.reference,
+            embedder,
+            decision.geometry if decision is not None else GeometryParameters(),
+            block_threshold=decision.thresholds.block_threshold if decision is not None else None,
+            checkpoint=str(checkpoint),
+            impostor_datasets=args.impostors,
+            impostor_pallets=args.impostor_pallets,
+        )
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / REFERENCE_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    except (OSError, ValueError, CheckpointError) as error:
+        logger.error("reference evaluation failed: %s", error)
+        return 1
+    print(format_reference(report))
+    print(f"\nreport: {args.out / REFERENCE_FILE}")
     return 0
 
 

@@ -1,0 +1,173 @@
+"""Cost of the geometric stage: local-feature extraction per block, matching per block pair, and the whole
+stage per dispatch, through the service's own code.
+
+Extraction is :func:`models.runtime.local_features.extract` on images decoded by the service's loader, with
+the model's extractor settings; matching is :func:`~models.runtime.local_features.count_inliers`. Per
+dispatch, the service's :class:`~app.model_runner.ModelRunner` feature pool extracts the six query blocks
+(as ``ModelRunner.analyse`` does) and :func:`~models.runtime.voting.decide_verified` checks the candidates
+with that pool as its executor, as ``app.matching.service`` does. The network's neighbours come from an exact
+in-memory search here (the database search is timed by the latency section), so the figures are the stage's
+own cost. Half of the rendered pallets are enrolled; dispatches of the other half are unknown pallets, which
+check the most candidates (the stage's worst case).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app.model_runner import ModelRunner
+from app.settings import Settings
+from bench.captures import PalletImages
+from bench.timing import latency_summary, measure_rate
+from models.runtime.images import decode_image
+from models.runtime.inference import Embedder
+from models.runtime.local_features import LocalFeatures, count_inliers, extract
+from models.runtime.thresholds import DecisionParameters
+from models.runtime.voting import Neighbour, decide_verified, shortlist, unit_rows
+
+logger = logging.getLogger(__name__)
+
+
+def _decode(blobs: Sequence[bytes], settings: Settings) -> list[Image.Image]:
+    return [decode_image(blob, max_pixels=settings.max_image_pixels, name="bench") for blob in blobs]
+
+
+def run_verification(
+    embedder: Embedder,
+    pallets: Sequence[PalletImages],
+    decision: DecisionParameters,
+    settings: Settings,
+    *,
+    min_seconds: float,
+) -> dict[str, Any]:
+    """Extraction ms/block, matching ms/pair (same block, different pallets) and the stage per dispatch."""
+    if len(pallets) < 2:
+        raise ValueError("the verification bench needs at least two pallets (one enrolled, one unknown)")
+    geometry = decision.geometry
+    enrol = [_decode(p.enrol, settings) for p in pallets]
+    query = [_decode(p.query, settings) for p in pallets]
+    blocks = [image for images in (*enrol, *query) for image in images]
+
+    extraction = measure_rate(
+        lambda i: extract(blocks[i % len(blocks)], geometry.extractor),
+        items_per_call=1,
+        min_seconds=min_seconds,
+    )
+    enrol_features = [[extract(image, geometry.extractor) for image in images] for images in enrol]
+    query_features = [[extract(image, geometry.extractor) for image in images] for images in query]
+    genuine_pairs = [
+        (query_features[p][b], enrol_features[p][b])
+        for p in range(len(pallets))
+        for b in range(len(enrol[p]))
+    ]
+    impostor_pairs = [
+        (query_features[p][b], enrol_features[(p + 1) % len(pallets)][b])
+        for p in range(len(pallets))
+        for b in range(len(enrol[p]))
+    ]
+    matching = {
+        name: _matching(pairs, decision, min_seconds)
+        for name, pairs in (("same_block", genuine_pairs), ("different_pallets", impostor_pairs))
+    }
+
+    runner = ModelRunner(embedder, batch_size=settings.embed_batch_size)
+    try:
+        dispatch = _dispatches(runner, embedder, enrol, query, enrol_features, decision)
+    finally:
+        runner.close()
+    return {
+        "extractor": {
+            "working_long_side": geometry.extractor.working_long_side,
+            "max_features": geometry.extractor.max_features,
+        },
+        "extract_ms_per_block": round(extraction.ms_per_call, 2),
+        "extract_blocks_per_s": round(extraction.items_per_s, 1),
+        "match_ms_per_pair": {name: figures["ms_per_pair"] for name, figures in matching.items()},
+        "match_inliers": {name: figures["inliers"] for name, figures in matching.items()},
+        "dispatch": dispatch,
+    }
+
+
+def _matching(
+    pairs: Sequence[tuple[LocalFeatures, LocalFeatures]], decision: DecisionParameters, min_seconds: float
+) -> dict[str, Any]:
+    matcher = decision.geometry.matcher
+    rate = measure_rate(
+        lambda i: count_inliers(*pairs[i % len(pairs)], matcher), items_per_call=1, min_seconds=min_seconds
+    )
+    inliers = np.array([count_inliers(query, stored, matcher) for query, stored in pairs])
+    return {
+        "ms_per_pair": round(rate.ms_per_call, 3),
+        "inliers": {
+            "median": float(np.median(inliers)),
+            "min": int(inliers.min()),
+            "max": int(inliers.max()),
+        },
+    }
+
+
+def _dispatches(
+    runner: ModelRunner,
+    embedder: Embedder,
+    enrol: Sequence[Sequence[Image.Image]],
+    query: Sequence[Sequence[Image.Image]],
+    enrol_features: Sequence[Sequence[LocalFeatures]],
+    decision: DecisionParameters,
+) -> dict[str, Any]:
+    """Every pallet dispatched once: the first half enrolled (known), the rest unknown."""
+    enrolled = max(1, len(enrol) // 2)
+    gallery = {
+        index: unit_rows(embedder.embed(list(enrol[index]))).astype(np.float64) for index in range(enrolled)
+    }
+    rows = np.concatenate([gallery[index] for index in range(enrolled)])
+    owners = [index for index in range(enrolled) for _ in range(len(gallery[index]))]
+    geometry, rule = decision.geometry, decision.rule
+    timings: dict[str, dict[str, list[float]]] = {
+        kind: {"extract": [], "verify": [], "stage": []} for kind in ("known", "unknown")
+    }
+    outcomes: dict[str, dict[str, int]] = {"known": {}, "unknown": {}}
+    for index, images in enumerate(query):
+        kind = "known" if index < enrolled else "unknown"
+        fingerprints = unit_rows(embedder.embed(list(images))).astype(np.float64)
+        similarities = fingerprints @ rows.T
+        nearest = np.argsort(-similarities, axis=1, kind="stable")[:, : rule.top_k]
+        neighbours = [
+            [Neighbour(pallet=owners[j], similarity=float(row[j])) for j in columns]
+            for row, columns in zip(similarities, nearest, strict=True)
+        ]
+        candidates = shortlist(neighbours, rule.shortlist_size)
+        started = time.perf_counter()
+        features = list(runner.feature_pool.map(lambda image: extract(image, geometry.extractor), images))
+        extracted = time.perf_counter()
+        verdict = decide_verified(
+            neighbours,
+            fingerprints,
+            features,
+            {pallet: [gallery[pallet]] for pallet in candidates},
+            lambda pallet, _capture: enrol_features[pallet],
+            decision.thresholds,
+            geometry,
+            executor=runner.feature_pool,
+        )
+        finished = time.perf_counter()
+        timings[kind]["extract"].append(extracted - started)
+        timings[kind]["verify"].append(finished - extracted)
+        timings[kind]["stage"].append(finished - started)
+        outcomes[kind][verdict.outcome.value] = outcomes[kind].get(verdict.outcome.value, 0) + 1
+    return {
+        "enrolled_pallets": enrolled,
+        **{
+            kind: {
+                "dispatches": len(timings[kind]["stage"]),
+                "outcomes": outcomes[kind],
+                **{f"{part}_ms": latency_summary(values) for part, values in timings[kind].items()},
+            }
+            for kind in ("known", "unknown")
+        },
+    }
