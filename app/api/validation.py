@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 PRINTABLE_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 """No control characters (NUL, newlines, escapes): keeps values storable and log lines honest."""
@@ -32,3 +32,11 @@ Timestamp = Annotated[datetime, AfterValidator(_within_timestamp_range)]
 
 ShortText = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE_TEXT_PATTERN)]
 """A label such as a site, gate or delivery reference."""
+
+
+def _empty_as_none(value: object) -> object:
+    return None if value == "" else value
+
+
+Cursor = Annotated[str | None, BeforeValidator(_empty_as_none)]
+"""An opaque pagination cursor; an empty value (``cursor=``) means none, like leaving it out."""

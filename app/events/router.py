@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.api.deps import SessionDep, require_role
-from app.api.validation import Timestamp
+from app.api.validation import Cursor, Timestamp
 from app.db.tables import EventKind
 from app.errors import (
     AuthenticationError,
@@ -16,7 +16,7 @@ from app.errors import (
     PermissionDeniedError,
     error_responses,
 )
-from app.events.schemas import EventPage
+from app.events.schemas import FeedPage
 from app.events.service import EventService
 from app.security import Role
 
@@ -36,7 +36,11 @@ def list_events(
     ] = None,
     kind: Annotated[EventKind | None, Query(description="Only receipts or only dispatches.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
-) -> EventPage:
-    """Follow all events in recording order (oldest first); resume with the last next_cursor."""
+    cursor: Annotated[
+        Cursor,
+        Query(description="next_cursor of the previous response (empty or absent: from the start)."),
+    ] = None,
+) -> FeedPage:
+    """Follow all events in recording order (oldest first); resume with the last next_cursor, which is
+    returned with every page (also the last), so a later request returns only newer events."""
     return EventService(session).feed(since=since, kind=kind, limit=limit, cursor=cursor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
 from app.db.tables import EventKind, MatchDecision
@@ -50,3 +50,20 @@ class EventPage(BaseModel):
 
     data: list[EventOut]
     next_cursor: str | None
+
+
+class FeedPage(BaseModel):
+    """A page of the event feed. ``next_cursor`` is never null: it points after the last event of this page
+    (or, for an empty page, where the request started), so asking again with it returns only newer events."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"data": [_EVENT_EXAMPLE], "next_cursor": "WzQyXQ", "has_more": False}]
+        }
+    )
+
+    data: list[EventOut]
+    next_cursor: str = Field(description="Pass as ``cursor`` to continue after this page, now or later.")
+    has_more: bool = Field(
+        description="More events were already recorded after this page: ask again at once (else poll later)."
+    )

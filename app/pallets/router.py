@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.api.deps import SessionDep, require_role
-from app.api.validation import ShortText, Timestamp
+from app.api.validation import Cursor, ShortText, Timestamp
 from app.db.tables import PalletStatus
 from app.errors import (
     AuthenticationError,
@@ -31,7 +31,7 @@ router = APIRouter(
 )
 
 LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]
-CursorQuery = Annotated[str | None, Query(description="next_cursor of the previous page.")]
+CursorQuery = Annotated[Cursor, Query(description="next_cursor of the previous page (empty: none).")]
 
 
 @router.get("", responses=error_responses(InvalidCursorError))

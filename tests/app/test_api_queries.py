@@ -29,7 +29,8 @@ def _all_pages(client: TestClient, path: str, limit: int, **params: str) -> list
         body = page.json()
         assert len(body["data"]) <= limit
         items.extend(body["data"])
-        cursor = body["next_cursor"]
+        # The event feed always returns a cursor (to resume later); has_more says whether to go on now.
+        cursor = body["next_cursor"] if body.get("has_more", True) else None
         if cursor is None:
             return items
 
