@@ -66,8 +66,8 @@ class CalibrationService:
                 min_margin=geometry.min_margin,
                 review_inliers=geometry.review_inliers,
             ),
-            impostor=_summary(evidence.impostor, upper=geometry.match_inliers),
-            genuine=_summary(evidence.genuine, upper=geometry.match_inliers),
+            impostor=_summary(evidence.impostor, upper=2 * geometry.match_inliers),
+            genuine=_summary(evidence.genuine, upper=2 * geometry.match_inliers),
             false_match=FalseMatchEstimate(
                 observed=observed, upper_bound_95=upper, tail_model=tail_rate, target=target_rate
             ),

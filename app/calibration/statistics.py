@@ -101,9 +101,9 @@ def _binomial_cdf(hits: int, count: int, p: float) -> float:
 
 
 def histogram(samples: npt.ArrayLike, *, upper: int) -> list[tuple[int, int | None, int]]:
-    """(lower, upper, count) bins of :data:`HISTOGRAM_BIN` inliers from 0; the last bin is open-ended."""
+    """(lower, upper, count) bins of :data:`HISTOGRAM_BIN` inliers from 0 to ``upper``, then one open bin."""
     values = np.asarray(samples, dtype=np.int64)
-    edges = list(range(0, max(upper, int(values.max(initial=0))) + HISTOGRAM_BIN, HISTOGRAM_BIN))
+    edges = list(range(0, upper + HISTOGRAM_BIN, HISTOGRAM_BIN))
     bins: list[tuple[int, int | None, int]] = []
     for lower, next_lower in zip(edges, [*edges[1:], None], strict=True):
         inside = values >= lower if next_lower is None else (values >= lower) & (values < next_lower)
