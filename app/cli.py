@@ -11,6 +11,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: dict[str, str] = {
     "serve": "app.commands.serve",
     "calibrate": "app.commands.calibrate",
+    "gc": "app.commands.gc",
     "synth": "models.cli.synth",
     "synth-sides": "models.cli.synth_sides",
     "train": "models.cli.train",

@@ -57,6 +57,18 @@ class PalletNotFoundError(NotFoundError):
     error_type = "pallet_not_found"
 
 
+class EventNotFoundError(NotFoundError):
+    """No event with this id."""
+
+    error_type = "event_not_found"
+
+
+class BlockImageNotFoundError(NotFoundError):
+    """No image kept for this block of this event (never stored, or deleted by the retention)."""
+
+    error_type = "block_image_not_found"
+
+
 class InvalidRequestError(PalletReidError):
     """The request is well-formed but cannot be processed."""
 

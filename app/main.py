@@ -16,6 +16,8 @@ from app.db.tables import EMBEDDING_DIM
 from app.errors import ConfigurationError, install_error_handlers
 from app.events.router import router as events_router
 from app.health.router import router as health_router
+from app.images.router import router as images_router
+from app.images.store import ImageStore
 from app.matching.parameters import decision_parameters_in_force
 from app.matching.router import router as matching_router
 from app.matching.service import MatchingConfig
@@ -132,8 +134,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_ring = KeyRing.from_settings(settings)
     app.state.model_runner = None
     app.state.decision_parameters = None
+    app.state.image_store = ImageStore(settings.image_store_path)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
-    for router in (matching_router, pallets_router, events_router, calibration_router, health_router):
+    for router in (
+        matching_router,
+        pallets_router,
+        events_router,
+        images_router,
+        calibration_router,
+        health_router,
+    ):
         app.include_router(router)
     return app

@@ -109,6 +109,17 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Most recent events the live calibration looks at."
     )
 
+    image_store: Path | None = Field(
+        default=None,
+        description="Folder of the stored block images (content-addressed); unset means <data_dir>/images.",
+    )
+    image_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="`palletreid gc` deletes block images of events older than this (fingerprints stay); "
+        "unset keeps them.",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_api_keys(cls, value: object) -> object:
@@ -118,6 +129,11 @@ class Settings(BaseSettings):
         if value.lstrip().startswith("["):
             return json.loads(value)
         return [entry.strip() for entry in value.replace("\n", ",").split(",") if entry.strip()]
+
+    @property
+    def image_store_path(self) -> Path:
+        """Where block images are stored: ``PALLETREID_IMAGE_STORE`` or ``<data_dir>/images``."""
+        return self.image_store if self.image_store is not None else self.data_dir / "images"
 
     @property
     def max_request_bytes(self) -> int:

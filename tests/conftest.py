@@ -101,9 +101,11 @@ def session(session_factory: Callable[[], Session]) -> Iterator[Session]:
 
 
 @pytest.fixture(scope="session")
-def make_settings() -> SettingsFactory:
+def make_settings(tmp_path_factory: pytest.TempPathFactory) -> SettingsFactory:
     """Settings for an app under test. Random-weight fingerprints of different noise images reach ~0.99
-    cosine similarity and identical images ~1.0, hence the strict thresholds."""
+    cosine similarity and identical images ~1.0, hence the strict thresholds. Block images are stored in a
+    temporary folder, never in the working directory."""
+    image_store = tmp_path_factory.mktemp("images")
 
     def build(database_url: str, model_path: Path, **overrides: object) -> Settings:
         values: dict[str, object] = {
@@ -114,6 +116,7 @@ def make_settings() -> SettingsFactory:
             "min_votes": 3,
             "score_threshold": 0.995,
             "top_k": 10,
+            "image_store": image_store,
             **overrides,
         }
         return Settings.model_validate(values)

@@ -40,11 +40,21 @@ HNSW_INDEX_NAME = "ix_fingerprints_embedding_hnsw"
 class PalletStatus(StrEnum):
     IN_STOCK = "in_stock"
     DISPATCHED = "dispatched"
+    MERGED = "merged"
+    """Merged into another pallet (``merged_into``) by an operator; its history moved there."""
 
 
 class EventKind(StrEnum):
     RECEIPT = "receipt"
     DISPATCH = "dispatch"
+    MERGE = "merge"
+    """An operator merged ``related_pallet_id`` into this pallet."""
+    DETACH = "detach"
+    """An operator moved event ``related_event_id`` between this pallet and ``related_pallet_id``."""
+
+
+RECORDING_KINDS = (EventKind.RECEIPT, EventKind.DISPATCH)
+"""Events of a camera station (with a decision, a model and fingerprints); the others are corrections."""
 
 
 class MatchDecision(StrEnum):
@@ -62,14 +72,18 @@ class Pallet(Base):
     __tablename__ = "pallets"
     __table_args__ = (
         CheckConstraint(_check_in("status", PalletStatus), name="status"),
+        CheckConstraint("(status = 'merged') = (merged_into IS NOT NULL)", name="merged_into"),
         Index("ix_pallets_first_seen_id", "first_seen", "id"),
         Index("ix_pallets_last_seen", "last_seen"),
+        Index("ix_pallets_merged_into", "merged_into"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    merged_into: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("pallets.id", ondelete="RESTRICT"))
+    """The surviving pallet once an operator merged this one into it (always a pallet that is not merged)."""
 
 
 class Event(Base):
@@ -79,6 +93,10 @@ class Event(Base):
     __table_args__ = (
         CheckConstraint(_check_in("kind", EventKind), name="kind"),
         CheckConstraint(_check_in("decision", MatchDecision), name="decision"),
+        CheckConstraint(
+            "(kind IN ('receipt', 'dispatch')) = (decision IS NOT NULL AND model_id IS NOT NULL)",
+            name="recording_decision",
+        ),
         Index("ix_events_pallet_id_id", "pallet_id", "id"),
         Index("ix_events_recorded_at", "recorded_at"),
         Index("ix_events_external_ref", "external_ref"),
@@ -89,11 +107,12 @@ class Event(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     pallet_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("pallets.id", ondelete="RESTRICT"))
     kind: Mapped[str] = mapped_column(String(16))
-    decision: Mapped[str] = mapped_column(String(16))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    """Null for corrections (merge, detach)."""
     score: Mapped[float | None] = mapped_column(Double)
     votes: Mapped[int] = mapped_column(Integer)
     blocks_compared: Mapped[int] = mapped_column(Integer)
-    model_id: Mapped[str] = mapped_column(String(128))
+    model_id: Mapped[str | None] = mapped_column(String(128))
     site: Mapped[str | None] = mapped_column(String(200))
     gate: Mapped[str | None] = mapped_column(String(200))
     external_ref: Mapped[str | None] = mapped_column(String(200))
@@ -106,6 +125,12 @@ class Event(Base):
     """Geometric evidence of the strongest checked candidate (summed inliers), null if none was checked."""
     runner_up_inliers: Mapped[int | None] = mapped_column(Integer)
     """Evidence of the second checked candidate: an impostor sample for the live calibration."""
+    related_pallet_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("pallets.id", ondelete="RESTRICT"))
+    """Corrections: the other pallet (merged into this one, or the other side of a detach)."""
+    related_event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="RESTRICT"))
+    """Detach: the event that moved."""
+    actor: Mapped[str | None] = mapped_column(String(64))
+    """Corrections: the API key name of the operator."""
 
 
 class Fingerprint(Base):
@@ -144,3 +169,43 @@ class IdempotencyKey(Base):
     request_digest: Mapped[str] = mapped_column(String(64))
     event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class BlockImage(Base):
+    """One uploaded block image as received: its bytes live in the image store under their SHA-256."""
+
+    __tablename__ = "block_images"
+    __table_args__ = (Index("ix_block_images_sha256", "sha256"),)
+
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    media_type: Mapped[str] = mapped_column(String(32))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class ReviewAction(StrEnum):
+    MERGE = "merge"
+    """The event's pallet is another known pallet: merge it into that one."""
+    KEEP_NEW = "keep_new"
+    """The event's pallet is indeed new."""
+
+
+class Review(Base):
+    """A person's look at one event: who flagged it (null: the decision rule) and who resolved it how."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        CheckConstraint(f"action IS NULL OR {_check_in('action', ReviewAction)}", name="action"),
+    )
+
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
+    flagged_by: Mapped[str | None] = mapped_column(String(64))
+    flagged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    action: Mapped[str | None] = mapped_column(String(16))
+    merged_into: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("pallets.id", ondelete="RESTRICT"))
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolution_event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="RESTRICT"))
+    """The merge event a ``merge`` resolution appended."""

@@ -27,6 +27,9 @@ from app.errors import (
     error_responses,
     image_errors_as_domain_errors,
 )
+from app.images.dependencies import ImageStoreDep
+from app.images.service import BlockImageRecorder, ReceivedImage
+from app.images.store import ImageStore
 from app.matching.schemas import MatchResult
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
 from app.model_runner import ModelRunner
@@ -82,6 +85,7 @@ def _record(
     settings: Settings,
     config: MatchingConfig,
     principal: Principal,
+    store: ImageStore,
 ) -> MatchResult:
     if not 1 <= len(blocks) <= settings.max_blocks:
         raise InvalidRequestError(f"send 1 to {settings.max_blocks} block images, got {len(blocks)}")
@@ -98,7 +102,11 @@ def _record(
     if idempotency_key is not None:
         details = details.with_idempotency_key(idempotency_key, kind, blobs)
     service = MatchingService(session, config, embedder.feature_pool)
-    result = service.record(kind, analysis, model_id=embedder.model_id, details=details)
+    block_images = BlockImageRecorder(session, store, [ReceivedImage.of(blob) for blob in blobs])
+    with block_images.removing_created_on_error():
+        result = service.record(
+            kind, analysis, model_id=embedder.model_id, details=details, block_images=block_images
+        )
     verification = result.verification
     logger.info(
         "%s by key %s (role %s): event %d, %s pallet %s%s, %d blocks, %s",
@@ -129,6 +137,7 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., M
         embedder: EmbedderDep,
         settings: SettingsDep,
         config: MatchingConfigDep,
+        store: ImageStoreDep,
         external_ref: ExternalRefField = None,
         site: SiteField = None,
         gate: GateField = None,
@@ -143,7 +152,9 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., M
             captured_at=captured_at,
             pallet_id=pallet_id,
         )
-        return _record(kind, blocks, details, idempotency_key, session, embedder, settings, config, principal)
+        return _record(
+            kind, blocks, details, idempotency_key, session, embedder, settings, config, principal, store
+        )
 
     record_event.__name__ = record_event.__qualname__ = name
     record_event.__doc__ = summary

@@ -37,6 +37,7 @@ from app.db.tables import (
 )
 from app.errors import IdempotencyConflictError, InvalidRequestError, PalletNotFoundError
 from app.events.repository import EventRepository
+from app.images.service import BlockImageRecorder
 from app.matching.repository import FingerprintRepository, StoredNeighbour
 from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult, Verification
 from app.model_runner import BlockAnalysis
@@ -133,9 +134,18 @@ class MatchingService:
         self._fingerprints = FingerprintRepository(session)
 
     def record(
-        self, kind: EventKind, blocks: BlockAnalysis, *, model_id: str, details: EventDetails
+        self,
+        kind: EventKind,
+        blocks: BlockAnalysis,
+        *,
+        model_id: str,
+        details: EventDetails,
+        block_images: BlockImageRecorder | None = None,
     ) -> MatchResult:
-        """Identify (or register) the pallet of ``blocks`` (fingerprints and local features, upload order)."""
+        """Identify (or register) the pallet of ``blocks`` (fingerprints and local features, upload order).
+
+        ``block_images`` keeps the uploaded images of the new event (written under the identification lock).
+        """
         embeddings = blocks.fingerprints
         if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] != EMBEDDING_DIM:
             raise InvalidRequestError(
@@ -201,6 +211,8 @@ class MatchingService:
                 for position, (vector, features) in enumerate(zip(embeddings, blocks.features, strict=True))
             ]
         )
+        if block_images is not None:
+            block_images.write(event.id)
         result = _match_result(event, pallet.id, outcome, decision, model_id, self._config.max_candidates)
         event.result = result.model_dump(mode="json")
         if details.idempotency_key is not None and details.request_digest is not None:

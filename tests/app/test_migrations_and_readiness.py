@@ -18,7 +18,7 @@ from app.main import create_app
 from app.settings import Settings
 
 SettingsFactory = Callable[..., Settings]
-TABLES = {"pallets", "events", "fingerprints", "idempotency_keys"}
+TABLES = {"pallets", "events", "fingerprints", "idempotency_keys", "block_images", "reviews"}
 
 
 def _schema(url: str) -> tuple[set[str], set[str], int | None]:
