@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -215,13 +215,67 @@ async def _domain_error_handler(request: Request, error: Exception) -> JSONRespo
             f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg', '')}"
             for item in jsonable_encoder(error.errors())
         )
-        return _render(422, "validation_error", problems)
+        return _render(422, VALIDATION_ERROR_TYPE, problems)
     if isinstance(error, StarletteHTTPException):
         # Raised by the framework: malformed multipart (400), body over the limit (413), unknown route (404).
         error_type = RequestTooLargeError.error_type if error.status_code == 413 else "http_error"
         return _render(error.status_code, error_type, str(error.detail), error.headers)
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return _render(500, "internal_error", "internal server error")
+
+
+VALIDATION_ERROR_TYPE = "validation_error"
+"""``type`` of a 422 for malformed parameters (rendered from FastAPI's ``RequestValidationError``)."""
+
+_ERROR_SCHEMA_REF = "#/components/schemas/ErrorResponse"
+_FRAMEWORK_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def declare_error_body(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Make ``openapi`` declare the one error body ``{"type", "detail"}`` for every 4xx/5xx response.
+
+    FastAPI documents request validation failures as its own ``HTTPValidationError`` (``detail`` a list),
+    but ``_domain_error_handler`` renders them as ``ErrorResponse`` like every other error; generated
+    clients must parse what is sent. Changes ``openapi`` in place (idempotent) and returns it.
+    """
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault(
+        "ErrorResponse", ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in operation.get("responses", {}).items():
+                if str(status)[0] not in "45":
+                    continue
+                response["content"] = {
+                    "application/json": {
+                        **response.get("content", {}).get("application/json", {}),
+                        "schema": {"$ref": _ERROR_SCHEMA_REF},
+                    }
+                }
+                if str(status) == "422":
+                    response["description"] = _with_validation_error(response.get("description", ""))
+    for name in _FRAMEWORK_ERROR_SCHEMAS:
+        components.pop(name, None)
+    return openapi
+
+
+def _with_validation_error(description: str) -> str:
+    """The 422 description naming ``validation_error`` (FastAPI's own says "Validation Error")."""
+    types = [part.strip() for part in description.split(",") if part.strip() and part != "Validation Error"]
+    if VALIDATION_ERROR_TYPE not in types:
+        types.insert(0, VALIDATION_ERROR_TYPE)
+    return ", ".join(types)
+
+
+def install_error_schema(app: FastAPI) -> None:
+    """Serve the OpenAPI document with ``declare_error_body`` applied (FastAPI regenerates it on changes)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return declare_error_body(generate())
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_error_handlers(app: FastAPI) -> None:

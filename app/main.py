@@ -13,7 +13,7 @@ from app.api.limits import BodySizeLimitMiddleware
 from app.calibration.router import router as calibration_router
 from app.db.session import build_engine, build_session_factory
 from app.db.tables import EMBEDDING_DIM
-from app.errors import ConfigurationError, install_error_handlers
+from app.errors import ConfigurationError, install_error_handlers, install_error_schema
 from app.events.router import router as events_router
 from app.health.router import router as health_router
 from app.images.router import router as images_router
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.decision_parameters = None
     app.state.image_store = ImageStore(settings.image_store_path)
     install_error_handlers(app)
+    install_error_schema(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     for router in (
         matching_router,
