@@ -3,9 +3,10 @@
 The real app runs under uvicorn in a subprocess on 127.0.0.1 (a free port), configured through its usual
 ``PALLETREID_*`` environment; asyncio httpx clients post six real JPEG block captures per dispatch with a
 fixed number of requests in flight. Separately, the identification a dispatch runs in the database
-(advisory lock, six HNSW queries, pairing, geometric verification of the best candidates) is timed
-in-process through ``MatchingService.identify``, and the model's share through ``Embedder.embed`` on the
-same six images, to tell which of the two limits throughput.
+(six HNSW searches in one statement, pairing, the checked captures' local features in one more read,
+geometric verification of the best candidates) is timed in-process through ``MatchingService.identify``,
+and the model's share through ``Embedder.embed`` on the same six images, to tell which of the two limits
+throughput; ``round_trip_comparison`` times the batched reads against one statement per block / capture.
 """
 
 from __future__ import annotations
@@ -19,22 +20,26 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from app.db.session import build_engine, build_session_factory
 from app.db.tables import EventKind
+from app.matching.repository import FingerprintRepository, StoredNeighbour
 from app.matching.service import MatchingConfig, MatchingService
 from app.model_runner import BlockAnalysis
 from app.settings import Settings
 from bench.timing import latency_summary
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
+from models.runtime.local_features import LocalFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +221,86 @@ def identify_breakdown(
         "identify_db": db,
         "embed_six_blocks": embed,
         "bound_by": "network" if embed["p50_ms"] >= db["p50_ms"] else "database",
+        "round_trips": round_trip_comparison(
+            database_url, queries, model_id=embedder.model_id, config=config, repeats=repeats
+        ),
     }
+
+
+def round_trip_comparison(
+    database_url: str,
+    queries: Sequence[BlockAnalysis],
+    *,
+    model_id: str,
+    config: MatchingConfig,
+    repeats: int,
+) -> dict[str, Any]:
+    """The dispatch's reads one statement per block / per capture vs batched, interleaved in one session.
+
+    Both forms run back to back on the same query (alternating which goes first), so a loaded machine
+    slows both alike and the ratio stands even when the absolute times do not.
+    """
+    engine = build_engine(database_url, pool_size=1)
+    timings: dict[str, list[float]] = {
+        "knn_per_block": [],
+        "knn_one_statement": [],
+        "features_per_capture": [],
+        "features_one_statement": [],
+    }
+    checked = config.geometry.candidates_checked
+    try:
+        with build_session_factory(engine)() as session:
+            repository = FingerprintRepository(session)
+            repository.configure_search(ef_search=config.ef_search)
+            for index in range(repeats):
+                fingerprints = queries[index % len(queries)].fingerprints
+                per_block = repository.nearest_per_block(fingerprints, model_id=model_id, limit=config.top_k)
+                pallets = list(dict.fromkeys(n.pallet_id for block in per_block for n in block))[:checked]
+                captures = repository.latest_captures(pallets, model_id=model_id, per_pallet=1)
+                events = [stored[0].event_id for stored in captures.values()]
+                forms: list[tuple[str, Callable[[], object]]] = [
+                    (
+                        "knn_per_block",
+                        partial(_knn_per_block, repository, fingerprints, model_id, config.top_k),
+                    ),
+                    (
+                        "knn_one_statement",
+                        partial(
+                            repository.nearest_per_block, fingerprints, model_id=model_id, limit=config.top_k
+                        ),
+                    ),
+                    ("features_per_capture", partial(_features_per_capture, repository, events, model_id)),
+                    (
+                        "features_one_statement",
+                        partial(repository.captures_features, events, model_id=model_id),
+                    ),
+                ]
+                for name, run in forms if index % 2 == 0 else forms[::-1]:
+                    started = time.perf_counter()
+                    run()
+                    timings[name].append(time.perf_counter() - started)
+            session.rollback()
+    finally:
+        engine.dispose()
+    summary: dict[str, Any] = {name: latency_summary(seconds) for name, seconds in timings.items()}
+    summary["captures_read"] = checked
+    for form in ("knn", "features"):
+        batched = summary[f"{form}_one_statement"]["p50_ms"]
+        separate = summary[f"{form}_per_block" if form == "knn" else f"{form}_per_capture"]["p50_ms"]
+        summary[f"{form}_speedup_p50"] = round(separate / batched, 2) if batched else None
+    return summary
+
+
+def _knn_per_block(
+    repository: FingerprintRepository, fingerprints: np.ndarray, model_id: str, limit: int
+) -> list[list[StoredNeighbour]]:
+    return [repository.nearest(vector, model_id=model_id, limit=limit) for vector in fingerprints]
+
+
+def _features_per_capture(
+    repository: FingerprintRepository, events: Sequence[int], model_id: str
+) -> list[list[LocalFeatures | None]]:
+    return [repository.capture_features(event_id, model_id=model_id) for event_id in events]
 
 
 def latency_targets(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
 import numpy as np
 from pgvector import HalfVector
-from sqlalchemy import Select, func, select
+from pgvector.sqlalchemy import HALFVEC
+from sqlalchemy import Select, bindparam, cast, func, select, true
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from app.db.tables import Fingerprint, Pallet
+from app.db.tables import EMBEDDING_DIM, Fingerprint, Pallet
 from models.runtime.local_features import LocalFeatures
 from models.runtime.voting import unit_rows
 
@@ -53,8 +55,24 @@ class FingerprintRepository:
         rows, so a query still gets its k neighbours when other models' fingerprints crowd the index;
         the voting rule does not depend on neighbour order.
         """
-        for name, value in hnsw_search_settings(ef_search).items():
-            self._session.execute(select(func.set_config(name, value, True)))
+        settings = hnsw_search_settings(ef_search)
+        self._session.execute(
+            select(*(func.set_config(name, value, True) for name, value in settings.items()))
+        )
+
+    def nearest_per_block(
+        self, embeddings: np.ndarray, *, model_id: str, limit: int
+    ) -> list[list[StoredNeighbour]]:
+        """For each row of ``embeddings``, what :meth:`nearest` finds for it; all rows in one statement."""
+        per_block: list[list[StoredNeighbour]] = [[] for _ in range(len(embeddings))]
+        if not len(embeddings):
+            return per_block
+        rows = self._session.execute(nearest_per_block_query(embeddings, model_id=model_id, limit=limit))
+        for block, pallet_id, status, distance in rows:
+            per_block[block - 1].append(
+                StoredNeighbour(pallet_id=pallet_id, pallet_status=status, similarity=1.0 - float(distance))
+            )
+        return per_block
 
     def nearest(self, embedding: np.ndarray, *, model_id: str, limit: int) -> list[StoredNeighbour]:
         """The ``limit`` stored fingerprints of ``model_id`` closest (cosine) to ``embedding``."""
@@ -91,6 +109,22 @@ class FingerprintRepository:
         ).scalars()
         return [None if data is None else LocalFeatures.from_bytes(data) for data in rows]
 
+    def captures_features(
+        self, event_ids: Collection[int], *, model_id: str
+    ) -> dict[int, list[LocalFeatures | None]]:
+        """:meth:`capture_features` of several captures in one round trip; events without rows are absent."""
+        if not event_ids:
+            return {}
+        rows = self._session.execute(
+            select(Fingerprint.event_id, Fingerprint.local_features)
+            .where(Fingerprint.event_id.in_(event_ids), Fingerprint.model_id == model_id)
+            .order_by(Fingerprint.event_id, Fingerprint.position)
+        )
+        features: dict[int, list[LocalFeatures | None]] = {}
+        for event_id, data in rows:
+            features.setdefault(event_id, []).append(None if data is None else LocalFeatures.from_bytes(data))
+        return features
+
     def add_all(self, fingerprints: Sequence[Fingerprint]) -> None:
         self._session.add_all(fingerprints)
         self._session.flush()
@@ -122,6 +156,42 @@ def nearest_query(embedding: np.ndarray, *, model_id: str, limit: int) -> Select
     nearest = nearest_fingerprints_query(embedding, model_id=model_id, limit=limit).subquery()
     return select(nearest.c.pallet_id, Pallet.status, nearest.c.distance).join(
         Pallet, Pallet.id == nearest.c.pallet_id
+    )
+
+
+def nearest_per_block_query(
+    embeddings: np.ndarray, *, model_id: str, limit: int
+) -> Select[int, uuid.UUID, str, float]:
+    """The k-NN of every query block in one statement: block (1-based), pallet, its status, distance.
+
+    ``unnest(queries) WITH ORDINALITY`` numbers the blocks; a ``LATERAL`` subquery runs
+    :func:`nearest_fingerprints_query`'s search for each one (an HNSW index scan per block, ordered by the
+    distance to that block, limited), so a dispatch costs one round trip instead of one per block.
+    """
+    vectors = bindparam(
+        "query_blocks",
+        [HalfVector(row) for row in np.asarray(embeddings, dtype=np.float32)],
+        type_=ARRAY(HALFVEC(EMBEDDING_DIM)),
+    )
+    blocks = (
+        func.unnest(cast(vectors, ARRAY(HALFVEC(EMBEDDING_DIM))))
+        .table_valued("embedding", with_ordinality="block")
+        .render_derived(name="query_blocks")
+    )
+    distance = Fingerprint.embedding.cosine_distance(blocks.c.embedding)
+    nearest = (
+        select(Fingerprint.pallet_id, distance.label("distance"))
+        .where(Fingerprint.model_id == model_id)
+        .order_by(distance)
+        .limit(limit)
+        .lateral("nearest")
+    )
+    return (
+        select(blocks.c.block, nearest.c.pallet_id, Pallet.status, nearest.c.distance)
+        .select_from(blocks)
+        .join(nearest, true())
+        .join(Pallet, Pallet.id == nearest.c.pallet_id)
+        .order_by(blocks.c.block, nearest.c.distance)
     )
 
 

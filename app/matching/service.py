@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from app.db.tables import (
@@ -38,7 +39,7 @@ from app.db.tables import (
 from app.errors import IdempotencyConflictError, InvalidRequestError, PalletNotFoundError
 from app.events.repository import EventRepository
 from app.images.service import BlockImageRecorder
-from app.matching.repository import FingerprintRepository, StoredNeighbour
+from app.matching.repository import FingerprintRepository, StoredCapture, StoredNeighbour
 from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult, Verification
 from app.model_runner import BlockAnalysis
 from app.pallets.repository import PalletRepository
@@ -53,6 +54,7 @@ from models.runtime.voting import (
     VerifiedDecision,
     VotingThresholds,
     decide_verified,
+    pair_blocks,
     shortlist,
     unit_rows,
 )
@@ -232,15 +234,15 @@ class MatchingService:
         """Shortlist pallets from the nearest stored blocks of the same model, pair, verify geometrically.
 
         A receipt can only be a pallet that is not in stock (a returning one), so in-stock pallets are left
-        out of its shortlist. Stored local features are read only for the captures the rule checks.
+        out of its shortlist. The six k-NN searches run in one statement; stored local features are read for
+        the captures the rule is expected to check, in one more (see ``_captures_to_check``).
         A pallet recorded before local features were stored cannot be verified: if the network alone
         matched it, the query is flagged for review rather than merged (or silently registered).
         """
         self._fingerprints.configure_search(ef_search=self._config.ef_search)
-        per_block = [
-            self._fingerprints.nearest(vector, model_id=model_id, limit=self._config.top_k)
-            for vector in blocks.fingerprints
-        ]
+        per_block = self._fingerprints.nearest_per_block(
+            blocks.fingerprints, model_id=model_id, limit=self._config.top_k
+        )
         if kind is EventKind.RECEIPT:
             per_block = [
                 [n for n in block if n.pallet_status != PalletStatus.IN_STOCK] for block in per_block
@@ -255,18 +257,23 @@ class MatchingService:
             n.pallet_id for block in per_block for n in block if n.pallet_status == PalletStatus.IN_STOCK
         }
         without_features: set[uuid.UUID] = set()
+        query_rows = unit_rows(blocks.fingerprints)
+        prefetched = self._fingerprints.captures_features(
+            _captures_to_check(query_rows, captures, self._config.geometry), model_id=model_id
+        )
 
         def load_features(pallet: uuid.UUID, capture: int) -> list[LocalFeatures | None]:
-            features = self._fingerprints.capture_features(
-                captures[pallet][capture].event_id, model_id=model_id
-            )
+            event_id = captures[pallet][capture].event_id
+            features = prefetched.get(event_id)
+            if features is None:
+                features = self._fingerprints.capture_features(event_id, model_id=model_id)
             if all(item is None for item in features):
                 without_features.add(pallet)
             return features
 
         decision = decide_verified(
             neighbours,
-            unit_rows(blocks.fingerprints),
+            query_rows,
             blocks.features,
             {pallet: [c.fingerprints for c in stored] for pallet, stored in captures.items()},
             load_features,
@@ -301,6 +308,33 @@ class MatchingService:
         event = self._events.event(record.event_id)
         assert event is not None, "idempotency keys reference their event (foreign key)"
         return MatchResult.model_validate(event.result)
+
+
+def _captures_to_check(
+    query_rows: np.ndarray,
+    captures: Mapping[uuid.UUID, Sequence[StoredCapture]],
+    geometry: GeometryParameters,
+) -> list[int]:
+    """Events whose stored local features the rule will most likely read: the best-paired captures of the
+    ``candidates_checked`` best-paired pallets, in the rule's own order (``decide_verified``).
+
+    Read together in one round trip instead of one per checked capture; the rule may stop early (a clear
+    match) and read fewer, and any capture it asks for beyond these is still read on demand.
+    """
+    ranked = {
+        pallet: sorted(
+            ((pair_blocks(query_rows, capture.fingerprints).score, capture.event_id) for capture in stored),
+            key=lambda item: -item[0],
+        )
+        for pallet, stored in captures.items()
+        if stored
+    }
+    order = sorted(ranked, key=lambda pallet: (-ranked[pallet][0][0], str(pallet)))
+    return [
+        event_id
+        for pallet in order[: geometry.candidates_checked]
+        for _, event_id in ranked[pallet][: geometry.captures_checked]
+    ]
 
 
 def _neighbours(per_block: Sequence[Sequence[StoredNeighbour]]) -> list[list[Neighbour[uuid.UUID]]]:
