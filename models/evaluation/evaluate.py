@@ -76,25 +76,45 @@ def embed_captures(
     batch_size: int = 32,
     cache: Path | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Fingerprints of all captures, reusing ``cache`` (.npz) when it holds the same model and files."""
-    paths = np.array([str(c.path) for c in captures])
+    """Fingerprints of ``captures``, taking those of files already in ``cache`` (.npz, same model).
+
+    The cache is keyed by file path and grows: fingerprints computed here are added to it, so evaluations
+    that use different parts of one dataset (new and aged dispatches) embed each file once.
+    """
+    paths = [str(c.path) for c in captures]
+    embeddings = np.empty((len(captures), embedder.embedding_dim), dtype=np.float32)
+    cached_paths = np.empty(0, dtype=str)
+    cached = np.empty((0, embedder.embedding_dim), dtype=np.float32)
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as stored:
-            if str(stored["model_id"]) == embedder.model_id and np.array_equal(stored["paths"], paths):
-                logger.info("reusing embeddings from %s", cache)
-                return np.asarray(stored["embeddings"], dtype=np.float32)
-        logger.info("embedding cache %s is for another model or dataset; recomputing", cache)
-    embeddings = np.empty((len(captures), embedder.embedding_dim), dtype=np.float32)
-    with tqdm(total=len(captures), desc="embedding", unit="img") as progress:
-        for start in range(0, len(captures), batch_size):
-            batch = captures[start : start + batch_size]
-            embeddings[start : start + len(batch)] = embedder.embed(
-                [load_image_file(c.path) for c in batch], batch_size
-            )
+            if str(stored["model_id"]) == embedder.model_id:
+                cached_paths = stored["paths"]
+                cached = np.asarray(stored["embeddings"], dtype=np.float32)
+            else:
+                logger.info("embedding cache %s is for another model; recomputing", cache)
+    row_of = {str(path): row for row, path in enumerate(cached_paths)}
+    missing = [index for index, path in enumerate(paths) if path not in row_of]
+    found = [index for index, path in enumerate(paths) if path in row_of]
+    embeddings[found] = cached[[row_of[paths[index]] for index in found]]
+    if not missing:
+        logger.info("reusing embeddings from %s", cache)
+        return embeddings
+    if found:
+        logger.info("reusing %d embeddings from %s, embedding %d", len(found), cache, len(missing))
+    with tqdm(total=len(missing), desc="embedding", unit="img") as progress:
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start : start + batch_size]
+            embeddings[batch] = embedder.embed([load_image_file(captures[i].path) for i in batch], batch_size)
             progress.update(len(batch))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(cache, model_id=np.array(embedder.model_id), paths=paths, embeddings=embeddings)
+        new_paths = np.array([paths[index] for index in missing])
+        np.savez_compressed(
+            cache,
+            model_id=np.array(embedder.model_id),
+            paths=np.concatenate([cached_paths.astype(new_paths.dtype), new_paths]),
+            embeddings=np.concatenate([cached, embeddings[missing]]),
+        )
     return embeddings
 
 
@@ -323,7 +343,6 @@ def evaluate_checkpoint(
     embedder = Embedder.load(checkpoint, device=device, num_threads=num_threads)
     cache_root = cache_dir if cache_dir is not None else out_dir
     cache = Path(cache_root) / EMBEDDINGS_CACHE if cache_root is not None else None
-    embeddings = embed_captures(embedder, captures, batch_size=batch_size, cache=cache)
 
     query_index, gallery_index = query_gallery_indices(captures)
     query_index = [i for i in query_index if matches_attributes(captures[i], query_where)]
@@ -333,6 +352,12 @@ def evaluate_checkpoint(
             f"no query captures match {dict(query_where or {})} or no gallery captures match "
             f"{dict(gallery_where or {})}"
         )
+    # Only the captures a query or the gallery uses are embedded; the others stay NaN, never read.
+    used = sorted({*query_index, *gallery_index})
+    embeddings = np.full((len(captures), embedder.embedding_dim), np.nan, dtype=np.float32)
+    embeddings[used] = embed_captures(
+        embedder, [captures[i] for i in used], batch_size=batch_size, cache=cache
+    )
     block, distances = block_level(captures, embeddings, query_index, gallery_index)
 
     pallet: PalletEvaluation | None = None

@@ -308,3 +308,29 @@ def test_calibration_stored_in_the_checkpoint_is_used_by_default(
     applied = json.loads((tmp_path / "again" / "report.json").read_text())["pallet"]
     assert applied["thresholds_source"] == f"checkpoint {checkpoint}"
     assert applied["thresholds"] == dataclasses.asdict(stored.thresholds)
+
+
+def test_embedding_cache_grows_by_file(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from models.evaluation.evaluate import embed_captures
+    from models.runtime.inference import Embedder
+    from models.training.data import read_dataset
+
+    captures = read_dataset(tiny_dataset)
+    embedder = Embedder.load(tiny_checkpoint, num_threads=1)
+    cache = tmp_path / "embeddings.npz"
+    first = embed_captures(embedder, captures[:3], cache=cache)
+
+    with caplog.at_level(logging.INFO, logger="models.evaluation.evaluate"):
+        second = embed_captures(embedder, captures[1:5], cache=cache)
+    assert any("reusing 2 embeddings" in record.message for record in caplog.records)
+    np.testing.assert_array_equal(second[:2], first[1:3])
+    fresh = embedder.embed([Image.open(c.path).convert("RGB") for c in captures[3:5]])
+    np.testing.assert_allclose(second[2:], fresh, atol=1e-5)
+    with np.load(cache) as stored:
+        assert sorted(stored["paths"].tolist()) == sorted(str(c.path) for c in captures[:5])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="models.evaluation.evaluate"):
+        np.testing.assert_array_equal(embed_captures(embedder, captures[:5], cache=cache)[:3], first)
+    assert any("reusing embeddings" in record.message for record in caplog.records)
