@@ -218,7 +218,7 @@ async def _domain_error_handler(request: Request, error: Exception) -> JSONRespo
         return _render(422, VALIDATION_ERROR_TYPE, problems)
     if isinstance(error, StarletteHTTPException):
         # Raised by the framework: malformed multipart (400), body over the limit (413), unknown route (404).
-        error_type = RequestTooLargeError.error_type if error.status_code == 413 else "http_error"
+        error_type = RequestTooLargeError.error_type if error.status_code == 413 else HTTP_ERROR_TYPE
         return _render(error.status_code, error_type, str(error.detail), error.headers)
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return _render(500, "internal_error", "internal server error")
@@ -226,6 +226,9 @@ async def _domain_error_handler(request: Request, error: Exception) -> JSONRespo
 
 VALIDATION_ERROR_TYPE = "validation_error"
 """``type`` of a 422 for malformed parameters (rendered from FastAPI's ``RequestValidationError``)."""
+
+HTTP_ERROR_TYPE = "http_error"
+"""``type`` of a 400 for a body that cannot be parsed (and of other framework HTTP errors)."""
 
 _ERROR_SCHEMA_REF = "#/components/schemas/ErrorResponse"
 _FRAMEWORK_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -244,6 +247,11 @@ def declare_error_body(openapi: dict[str, Any]) -> dict[str, Any]:
     )
     for path_item in openapi.get("paths", {}).values():
         for operation in path_item.values():
+            if "requestBody" in operation:
+                # The framework answers a body it cannot parse (bad JSON, broken multipart) before validation.
+                operation.setdefault("responses", {}).setdefault(
+                    "400", {"description": f"{HTTP_ERROR_TYPE}: the body cannot be parsed"}
+                )
             for status, response in operation.get("responses", {}).items():
                 if str(status)[0] not in "45":
                     continue

@@ -24,7 +24,7 @@ from app.matching.service import MatchingConfig
 from app.model_runner import ModelRunner
 from app.pallets.router import router as pallets_router
 from app.security import KeyRing, warn_auth_disabled
-from app.settings import Settings
+from app.settings import MAX_FORM_FIELDS, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         form_limits={
             # Room for a few blocks too many (answered with a precise 422), not for thousands of tiny parts.
             "max_files": 4 * settings.max_blocks,
-            "max_fields": 16,
+            "max_fields": MAX_FORM_FIELDS,
             "max_part_size": settings.max_form_field_bytes,
         },
     )

@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.runtime.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
+MAX_FORM_FIELDS = 32
+"""Non-file fields a receipt/dispatch form may have: its 12 named fields with damage codes repeated."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PALLETREID_", extra="ignore")
@@ -138,4 +141,4 @@ class Settings(BaseSettings):
     @property
     def max_request_bytes(self) -> int:
         """Largest acceptable request body: every allowed block at its size limit plus the form fields."""
-        return self.max_blocks * self.max_image_bytes + 16 * self.max_form_field_bytes
+        return self.max_blocks * self.max_image_bytes + MAX_FORM_FIELDS * self.max_form_field_bytes

@@ -11,6 +11,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from app.epcis.gs1 import validate_grai, validate_sscc
+
 PRINTABLE_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 """No control characters (NUL, newlines, escapes): keeps values storable and log lines honest."""
 
@@ -40,3 +42,22 @@ def _empty_as_none(value: object) -> object:
 
 Cursor = Annotated[str | None, BeforeValidator(_empty_as_none)]
 """An opaque pagination cursor; an empty value (``cursor=``) means none, like leaving it out."""
+
+Sscc = Annotated[
+    str,
+    Field(min_length=18, max_length=18, pattern=r"^[0-9]{18}$", examples=["376123450000012347"]),
+    AfterValidator(validate_sscc),
+]
+"""A GS1 SSCC (serial shipping container code): 18 digits, the last one its check digit (verified)."""
+
+Grai = Annotated[
+    str,
+    Field(min_length=15, max_length=30, examples=["04012345000016ABC123"]),
+    AfterValidator(validate_grai),
+]
+"""An individual GS1 GRAI: "0", 12 digits, the check digit (verified), then a serial of 1..16 characters."""
+
+DamageCode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+"""A damage code of the site's catalogue (e.g. ``broken_board``, ``EPAL-7``)."""
+
+MAX_DAMAGE_CODES = 10

@@ -26,7 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base
@@ -57,6 +57,17 @@ RECORDING_KINDS = (EventKind.RECEIPT, EventKind.DISPATCH)
 """Events of a camera station (with a decision, a model and fingerprints); the others are corrections."""
 
 
+class QualityClass(StrEnum):
+    """Sorting grade of a pallet (EPAL exchange practice): new, A/B/C used grades, unsorted, defective."""
+
+    NEW = "new"
+    A = "A"
+    B = "B"
+    C = "C"
+    UNSORTED = "unsorted"
+    DEFECTIVE = "defective"
+
+
 class MatchDecision(StrEnum):
     MATCHED = "matched"
     REGISTERED = "registered"
@@ -72,6 +83,7 @@ class Pallet(Base):
     __tablename__ = "pallets"
     __table_args__ = (
         CheckConstraint(_check_in("status", PalletStatus), name="status"),
+        CheckConstraint(_check_in("quality_class", QualityClass), name="quality_class"),
         CheckConstraint("(status = 'merged') = (merged_into IS NOT NULL)", name="merged_into"),
         Index("ix_pallets_first_seen_id", "first_seen", "id"),
         Index("ix_pallets_last_seen", "last_seen"),
@@ -82,6 +94,8 @@ class Pallet(Base):
     status: Mapped[str] = mapped_column(String(16))
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    quality_class: Mapped[str | None] = mapped_column(String(16))
+    """The quality class most recently reported for it (a receipt or dispatch with ``quality_class``)."""
     merged_into: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("pallets.id", ondelete="RESTRICT"))
     """The surviving pallet once an operator merged this one into it (always a pallet that is not merged)."""
 
@@ -102,6 +116,10 @@ class Event(Base):
         Index("ix_events_external_ref", "external_ref"),
         Index("ix_events_site", "site"),
         Index("ix_events_review", "id", postgresql_where=text("review")),
+        CheckConstraint(_check_in("quality_class", QualityClass), name="quality_class"),
+        CheckConstraint("sscc ~ '^[0-9]{18}$'", name="sscc"),
+        Index("ix_events_sscc", "sscc"),
+        Index("ix_events_grai", "grai"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -131,6 +149,17 @@ class Event(Base):
     """Detach: the event that moved."""
     actor: Mapped[str | None] = mapped_column(String(64))
     """Corrections: the API key name of the operator."""
+    # Business facts a station reports with a receipt or dispatch (all optional; see docs/api.md).
+    quality_class: Mapped[str | None] = mapped_column(String(16))
+    damaged: Mapped[bool | None] = mapped_column(Boolean)
+    damage_codes: Mapped[list[str] | None] = mapped_column(ARRAY(String(32)))
+    sscc: Mapped[str | None] = mapped_column(String(18))
+    """The SSCC of the load on the pallet (check digit verified)."""
+    carrier: Mapped[str | None] = mapped_column(String(200))
+    grai: Mapped[str | None] = mapped_column(String(30))
+    """The pallet's own GS1 GRAI with serial, read from its label (check digit verified)."""
+    asset_code: Mapped[str | None] = mapped_column(String(200))
+    """Any other code read from the pallet (e.g. the content of its EPAL QR code)."""
 
 
 class Fingerprint(Base):

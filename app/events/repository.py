@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.db.tables import Event, IdempotencyKey
+
+
+@dataclass(frozen=True)
+class BusinessFilter:
+    """Business facts an event must carry to be listed (unset ones do not filter)."""
+
+    quality_class: str | None = None
+    damaged: bool | None = None
+    damage_code: str | None = None
+    sscc: str | None = None
+    carrier: str | None = None
+    grai: str | None = None
+    asset_code: str | None = None
+
+    def clauses(self) -> list[ColumnElement[bool]]:
+        equal = {
+            Event.quality_class: self.quality_class,
+            Event.damaged: self.damaged,
+            Event.sscc: self.sscc,
+            Event.carrier: self.carrier,
+            Event.grai: self.grai,
+            Event.asset_code: self.asset_code,
+        }
+        clauses = [column == value for column, value in equal.items() if value is not None]
+        if self.damage_code is not None:
+            clauses.append(Event.damage_codes.contains([self.damage_code]))
+        return clauses
 
 
 class EventRepository:
@@ -28,10 +56,16 @@ class EventRepository:
         return list(self._session.scalars(query.order_by(Event.id.desc()).limit(limit)))
 
     def feed(
-        self, *, since: datetime | None, kind: str | None, after_id: int | None, limit: int
+        self,
+        *,
+        since: datetime | None,
+        kind: str | None,
+        after_id: int | None,
+        limit: int,
+        business: BusinessFilter | None = None,
     ) -> list[Event]:
         """All events in recording order (oldest first), for systems that follow the stream."""
-        query = select(Event)
+        query = select(Event).where(*(business.clauses() if business is not None else ()))
         if since is not None:
             query = query.where(Event.recorded_at >= since)
         if kind is not None:

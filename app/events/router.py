@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.api.deps import SessionDep, require_role
-from app.api.validation import Cursor, Timestamp
-from app.db.tables import EventKind
+from app.api.validation import Cursor, DamageCode, Grai, ShortText, Sscc, Timestamp
+from app.db.tables import EventKind, QualityClass
 from app.errors import (
     AuthenticationError,
     DatabaseUnavailableError,
@@ -16,6 +16,7 @@ from app.errors import (
     PermissionDeniedError,
     error_responses,
 )
+from app.events.repository import BusinessFilter
 from app.events.schemas import FeedPage
 from app.events.service import EventService
 from app.security import Role
@@ -40,7 +41,23 @@ def list_events(
         Cursor,
         Query(description="next_cursor of the previous response (empty or absent: from the start)."),
     ] = None,
+    quality_class: Annotated[QualityClass | None, Query(description="Only events with this grade.")] = None,
+    damaged: Annotated[bool | None, Query(description="Only events reported damaged (or not).")] = None,
+    damage_code: Annotated[DamageCode | None, Query(description="Only events with this damage code.")] = None,
+    sscc: Annotated[Sscc | None, Query(description="Only events of this load (SSCC).")] = None,
+    carrier: Annotated[ShortText | None, Query(description="Only events of this carrier.")] = None,
+    grai: Annotated[Grai | None, Query(description="Only events of the pallet with this GRAI.")] = None,
+    asset_code: Annotated[ShortText | None, Query(description="Only events with this asset code.")] = None,
 ) -> FeedPage:
     """Follow all events in recording order (oldest first); resume with the last next_cursor, which is
     returned with every page (also the last), so a later request returns only newer events."""
-    return EventService(session).feed(since=since, kind=kind, limit=limit, cursor=cursor)
+    business = BusinessFilter(
+        quality_class=quality_class.value if quality_class is not None else None,
+        damaged=damaged,
+        damage_code=damage_code,
+        sscc=sscc,
+        carrier=carrier,
+        grai=grai,
+        asset_code=asset_code,
+    )
+    return EventService(session).feed(since=since, kind=kind, limit=limit, cursor=cursor, business=business)

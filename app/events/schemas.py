@@ -8,7 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
-from app.db.tables import EventKind, MatchDecision
+from app.db.tables import EventKind, MatchDecision, QualityClass
 
 _EVENT_EXAMPLE: JsonDict = {
     "id": 42,
@@ -39,6 +39,13 @@ class EventOut(BaseModel):
     external_ref: str | None
     captured_at: datetime | None
     recorded_at: datetime
+    quality_class: QualityClass | None = Field(default=None, description="Sorting grade reported.")
+    damaged: bool | None = Field(default=None, description="Damage reported (null: not reported).")
+    damage_codes: list[str] | None = Field(default=None, description="Damage codes reported.")
+    sscc: str | None = Field(default=None, description="SSCC of the load (check digit verified).")
+    carrier: str | None = None
+    grai: str | None = Field(default=None, description="The pallet's GS1 GRAI with serial.")
+    asset_code: str | None = Field(default=None, description="Another code read from the pallet.")
 
 
 class EventPage(BaseModel):

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from app.db.tables import EventKind
-from app.events.repository import EventRepository
+from app.events.repository import BusinessFilter, EventRepository
 from app.events.schemas import EventOut, FeedPage
 from app.pagination import decode_id_cursor, encode_cursor
 
@@ -17,7 +17,13 @@ class EventService:
         self._events = EventRepository(session)
 
     def feed(
-        self, *, since: datetime | None, kind: EventKind | None, limit: int, cursor: str | None
+        self,
+        *,
+        since: datetime | None,
+        kind: EventKind | None,
+        limit: int,
+        cursor: str | None,
+        business: BusinessFilter | None = None,
     ) -> FeedPage:
         """Events after ``cursor`` in id order, and a cursor after the last of them.
 
@@ -31,6 +37,7 @@ class EventService:
             kind=kind.value if kind is not None else None,
             after_id=after_id,
             limit=limit + 1,
+            business=business,
         )
         page = rows[:limit]
         last_id = page[-1].id if page else (after_id if after_id is not None else 0)

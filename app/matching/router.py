@@ -11,8 +11,8 @@ from fastapi import APIRouter, File, Form, Header, UploadFile
 from sqlalchemy.orm import Session
 
 from app.api.deps import EmbedderDep, MatchingConfigDep, SessionDep, SettingsDep, StationDep
-from app.api.validation import ShortText, Timestamp
-from app.db.tables import EventKind
+from app.api.validation import MAX_DAMAGE_CODES, DamageCode, Grai, ShortText, Sscc, Timestamp
+from app.db.tables import EventKind, QualityClass
 from app.errors import (
     AuthenticationError,
     DatabaseUnavailableError,
@@ -63,6 +63,27 @@ GateField = Annotated[ShortText | None, Form(description="Gate or dock door.")]
 CapturedAtField = Annotated[Timestamp | None, Form(description="When the images were taken (ISO 8601).")]
 PalletIdField = Annotated[
     uuid.UUID | None, Form(description="Attach to this known pallet instead of identifying it.")
+]
+QualityClassField = Annotated[
+    QualityClass | None, Form(description="Sorting grade: new, A, B, C, unsorted or defective.")
+]
+DamagedField = Annotated[
+    bool | None, Form(description="Whether the pallet is damaged (implied true by damage_codes).")
+]
+DamageCodesField = Annotated[
+    list[DamageCode] | None,
+    Form(max_length=MAX_DAMAGE_CODES, description="Damage codes (repeat the field, up to 10)."),
+]
+SsccField = Annotated[
+    Sscc | None, Form(description="SSCC of the load on the pallet: 18 digits, GS1 check digit verified.")
+]
+CarrierField = Annotated[ShortText | None, Form(description="Carrier (haulier) bringing or taking it.")]
+GraiField = Annotated[
+    Grai | None,
+    Form(description="The pallet's GS1 GRAI with serial, e.g. from its label (check digit verified)."),
+]
+AssetCodeField = Annotated[
+    ShortText | None, Form(description="Another code read from the pallet, e.g. its EPAL QR code.")
 ]
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -143,6 +164,13 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., M
         gate: GateField = None,
         captured_at: CapturedAtField = None,
         pallet_id: PalletIdField = None,
+        quality_class: QualityClassField = None,
+        damaged: DamagedField = None,
+        damage_codes: DamageCodesField = None,
+        sscc: SsccField = None,
+        carrier: CarrierField = None,
+        grai: GraiField = None,
+        asset_code: AssetCodeField = None,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> MatchResult:
         details = EventDetails(
@@ -151,6 +179,13 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., M
             external_ref=external_ref,
             captured_at=captured_at,
             pallet_id=pallet_id,
+            quality_class=quality_class,
+            damaged=damaged,
+            damage_codes=tuple(damage_codes or ()),
+            sscc=sscc,
+            carrier=carrier,
+            grai=grai,
+            asset_code=asset_code,
         )
         return _record(
             kind, blocks, details, idempotency_key, session, embedder, settings, config, principal, store

@@ -35,6 +35,7 @@ from app.db.tables import (
     MatchDecision,
     Pallet,
     PalletStatus,
+    QualityClass,
 )
 from app.errors import IdempotencyConflictError, InvalidRequestError, PalletNotFoundError
 from app.events.repository import EventRepository
@@ -99,6 +100,14 @@ class EventDetails:
     captured_at: datetime | None = None
     pallet_id: uuid.UUID | None = None
     """Attach to this known pallet instead of identifying it."""
+    quality_class: QualityClass | None = None
+    damaged: bool | None = None
+    """Null: not reported; implied true when damage codes are given."""
+    damage_codes: tuple[str, ...] = ()
+    sscc: str | None = None
+    carrier: str | None = None
+    grai: str | None = None
+    asset_code: str | None = None
     idempotency_key: str | None = None
     request_digest: str | None = None
     """Digest of the request; the same idempotency key with another digest is a conflict."""
@@ -106,6 +115,26 @@ class EventDetails:
     def __post_init__(self) -> None:
         if (self.idempotency_key is None) != (self.request_digest is None):
             raise ValueError("idempotency_key and request_digest go together (use with_idempotency_key)")
+        if self.damaged is False and self.damage_codes:
+            raise InvalidRequestError("damage_codes were given with damaged=false")
+
+    @property
+    def damage_reported(self) -> bool | None:
+        """``damaged``, or true when only damage codes were given."""
+        return True if self.damage_codes and self.damaged is None else self.damaged
+
+    def business_fields(self) -> dict[str, str]:
+        """The reported business facts as text, by field name (unreported ones left out)."""
+        values = {
+            "quality_class": self.quality_class.value if self.quality_class is not None else None,
+            "damaged": str(self.damaged).lower() if self.damaged is not None else None,
+            "damage_codes": ",".join(self.damage_codes) if self.damage_codes else None,
+            "sscc": self.sscc,
+            "carrier": self.carrier,
+            "grai": self.grai,
+            "asset_code": self.asset_code,
+        }
+        return {name: value for name, value in values.items() if value is not None}
 
     def with_idempotency_key(self, key: str, kind: EventKind, images: Sequence[bytes]) -> EventDetails:
         """These details with ``key`` and the SHA-256 of everything the client sent (fields and images)."""
@@ -119,6 +148,10 @@ class EventDetails:
         ]
         for value in fields:
             encoded = b"\x00" if value is None else b"\x01" + value.encode()
+            digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        # Business fields only when given (tagged by name), so digests of requests without them are unchanged.
+        for name, value in self.business_fields().items():
+            encoded = b"\x02" + name.encode() + b"=" + value.encode()
             digest.update(len(encoded).to_bytes(8, "big") + encoded)
         for image in images:
             digest.update(len(image).to_bytes(8, "big") + image)
@@ -176,6 +209,8 @@ class MatchingService:
             pallet, outcome = self._matched_or_new(decision.pallet, now)
 
         pallet.status = STATUS_AFTER[kind].value
+        if details.quality_class is not None:
+            pallet.quality_class = details.quality_class.value
         pallet.last_seen = now
         reported = _reported_candidate(decision)
         event = self._events.add(
@@ -192,6 +227,13 @@ class MatchingService:
                 external_ref=details.external_ref,
                 captured_at=details.captured_at,
                 recorded_at=now,
+                quality_class=details.quality_class.value if details.quality_class is not None else None,
+                damaged=details.damage_reported,
+                damage_codes=list(details.damage_codes) or None,
+                sscc=details.sscc,
+                carrier=details.carrier,
+                grai=details.grai,
+                asset_code=details.asset_code,
                 result={},
                 review=decision is not None and decision.review,
                 inliers=decision.checked[0].inliers if decision is not None and decision.checked else None,

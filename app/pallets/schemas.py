@@ -8,7 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import JsonDict
 
-from app.db.tables import PalletStatus
+from app.db.tables import PalletStatus, QualityClass
 
 _PALLET_EXAMPLE: JsonDict = {
     "pallet_id": "3f2b8c1e-6d0a-4c8e-9b1f-2a7d5e4c9b10",
@@ -28,6 +28,8 @@ class PalletOut(BaseModel):
 
     pallet_id: uuid.UUID
     status: PalletStatus
+    quality_class: QualityClass | None = None
+    """The quality class most recently reported (null: never reported)."""
     first_seen: datetime
     last_seen: datetime
     receipts: int

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from app.db.tables import Pallet, PalletStatus
+from app.db.tables import Pallet, PalletStatus, QualityClass
 from app.errors import InvalidCursorError, PalletNotFoundError
 from app.events.repository import EventRepository
 from app.events.schemas import EventOut, EventPage
@@ -81,6 +81,7 @@ def _pallet_out(pallet: Pallet, activity: PalletActivity) -> PalletOut:
     return PalletOut(
         pallet_id=pallet.id,
         status=PalletStatus(pallet.status),
+        quality_class=QualityClass(pallet.quality_class) if pallet.quality_class is not None else None,
         first_seen=pallet.first_seen,
         last_seen=pallet.last_seen,
         receipts=activity.receipts,
