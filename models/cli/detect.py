@@ -35,6 +35,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--evaluate", type=Path, default=None, metavar="DATA", help="annotated dataset to score"
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    parser.add_argument(
+        "--identify",
+        type=Path,
+        default=None,
+        metavar="CROPS",
+        help="with --evaluate: also block rank-1 against the true crops of the same pallets (a `palletreid "
+        "synth` dataset with the same seed and pallets; cam_1 is the gallery) for cam_2 crops, side-view "
+        "truth quads and detections",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="fingerprint model for --identify (default: the shipped one)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.set_defaults(handler=run)
 
@@ -62,9 +77,19 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_detector(detector, views, total=len(views))
         report["data"] = str(args.evaluate)
         report["detector"] = detector.metadata.model_id
+        if args.identify is not None:
+            from models.runtime.inference import Embedder
+            from models.training.data import read_dataset
+            from models.training.detector_metrics import identification_from_sides
+
+            embedder = Embedder.load(args.checkpoint)
+            report["identification"] = identification_from_sides(
+                detector, embedder, views, read_dataset(args.identify)
+            )
         path = args.out / "detection_report.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps({key: value for key, value in report.items() if key != "groups"}, indent=2))
+        logger.info("wrote %s", path)
         return 0
     results = {}
     for path in args.images:

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
-from models.runtime.detector import BlockDetector, Box, Detection, box_iou
+from models.runtime.detector import BlockDetector, Box, Detection, box_iou, crop_blocks
 from models.runtime.images import load_image_file
+from models.runtime.inference import Embedder
 from models.synth.sides.dataset import AnnotatedView
+from models.training.data import BlockImageRecord
 
 IOU_THRESHOLDS = (0.5, 0.75)
 
@@ -100,3 +103,62 @@ def evaluate_detector(
     report["ms_per_image_median"] = 1000 * float(np.median(seconds)) if seconds else 0.0
     report["groups"] = {name: tally.summary() for name, tally in sorted(groups.items())}
     return report
+
+
+def _rank1_hits(
+    queries: np.ndarray, query_ids: Sequence[str], gallery: np.ndarray, gallery_ids: Sequence[str]
+) -> int:
+    """How many queries have their identity at the nearest gallery fingerprint (cosine)."""
+    if not len(query_ids):
+        return 0
+    nearest = (queries @ gallery.T).argmax(axis=1)
+    return sum(
+        1 for identity, index in zip(query_ids, nearest, strict=True) if gallery_ids[index] == identity
+    )
+
+
+def identification_from_sides(
+    detector: BlockDetector,
+    embedder: Embedder,
+    views: Sequence[AnnotatedView],
+    crops: Sequence[BlockImageRecord],
+    *,
+    gallery_camera: str = "cam_1",
+    query_camera: str = "cam_2",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Block rank-1 against a gallery of true crops (``gallery_camera``) for three kinds of query of the same
+    blocks: true crops of another camera, crops of the side views' truth quads, and crops of the detections
+    (a block the detector missed, at IoU 0.5, counts as a miss)."""
+    gallery_records = [record for record in crops if record.camera == gallery_camera]
+    query_records = [record for record in crops if record.camera == query_camera]
+    gallery = embedder.embed([load_image_file(record.path) for record in gallery_records])
+    gallery_ids = [record.identity for record in gallery_records]
+    true_queries = embedder.embed([load_image_file(record.path) for record in query_records])
+    truth_images: list[Image.Image] = []
+    detected_images: list[Image.Image] = []
+    truth_ids: list[str] = []
+    detected_ids: list[str] = []
+    for view in tqdm(views, unit="image", desc="identify", disable=not progress):
+        image = load_image_file(view.path)
+        truths = [Detection(block.box, 1.0, block.quad) for block in view.blocks]
+        truth_images.extend(crop_blocks(image, truths))
+        truth_ids.extend(block.identity for block in view.blocks)
+        detections = detector.detect(image)
+        for detection_index, truth_index, _ in match(detections, [truth.box for truth in truths], 0.5):
+            detected_images.append(crop_blocks(image, [detections[detection_index]])[0])
+            detected_ids.append(view.blocks[truth_index].identity)
+    truth_queries = embedder.embed(truth_images)
+    detected_queries = embedder.embed(detected_images)
+    true_ids = [record.identity for record in query_records]
+    return {
+        "gallery_blocks": len(gallery_ids),
+        "side_view_blocks": len(truth_ids),
+        "rank1_true_crops": _rank1_hits(true_queries, true_ids, gallery, gallery_ids) / max(1, len(true_ids)),
+        "rank1_side_views_truth_quads": _rank1_hits(truth_queries, truth_ids, gallery, gallery_ids)
+        / max(1, len(truth_ids)),
+        "rank1_side_views_detected": _rank1_hits(detected_queries, detected_ids, gallery, gallery_ids)
+        / max(1, len(truth_ids)),
+        "model": embedder.model_id,
+        "detector": detector.metadata.model_id,
+    }

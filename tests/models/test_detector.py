@@ -1,9 +1,10 @@
-"""Block detector: targets decode back to the truth, a tiny detector learns, runtime order, files, crops, CLI."""
+"""Block detector: targets decode to the truth, a tiny detector learns, runtime order, files, crops, CLI."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from models.runtime.detector import (
     save_detector,
 )
 from models.synth.sides import SideConfig, generate_sides
-from models.training.detector_data import build_targets, place
+from models.training.detector_data import Augmentation, build_targets, place
 from models.training.detector_loop import DetectorTrainConfig, train_detector
 from models.training.detector_metrics import DetectionTally, match
 
@@ -50,7 +51,9 @@ def test_targets_decode_back_to_the_quads() -> None:
     heatmap, corners, weights = build_targets(QUADS, INPUT)
     assert heatmap.shape == (1, 20, 32) and corners.shape == (8, 20, 32)
     assert int((heatmap == 1).sum()) == 3 and float(weights.max()) == 1.0
-    (peaks,) = decode(_logits(heatmap[None]), corners[None], score_threshold=0.5, nms_iou=0.5, max_detections=8)
+    (peaks,) = decode(
+        _logits(heatmap[None]), corners[None], score_threshold=0.5, nms_iou=0.5, max_detections=8
+    )
     found = sorted((quad for _, quad in peaks), key=lambda quad: quad[:, 0].mean())
     truth = sorted(QUADS, key=lambda quad: quad[:, 0].mean())
     assert len(found) == 3
@@ -67,7 +70,9 @@ class _Oracle(BlockDetectorNet):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         assert images.shape[1:] == (3, INPUT[1], INPUT[0])
-        return self.outputs[0].expand(len(images), -1, -1, -1), self.outputs[1].expand(len(images), -1, -1, -1)
+        return self.outputs[0].expand(len(images), -1, -1, -1), self.outputs[1].expand(
+            len(images), -1, -1, -1
+        )
 
 
 def test_runtime_detect_orders_left_to_right_in_original_pixels() -> None:
@@ -92,7 +97,10 @@ def test_crops_rectify_the_quad_and_fall_back_to_the_box() -> None:
     quad = ((50.0, 30.0), (150.0, 30.0), (150.0, 90.0), (50.0, 90.0))
     rectified, degenerate = crop_blocks(
         image,
-        [Detection((50, 30, 150, 90), 1.0, quad), Detection((50, 30, 150, 90), 1.0, (quad[0], quad[2], quad[1], quad[3]))],
+        [
+            Detection((50, 30, 150, 90), 1.0, quad),
+            Detection((50, 30, 150, 90), 1.0, (quad[0], quad[2], quad[1], quad[3])),
+        ],
         size=(64, 40),
     )
     assert rectified.size == degenerate.size == (64, 40)
@@ -120,9 +128,13 @@ def test_augmented_placement_keeps_quads_on_their_pixels() -> None:
     image.paste((255, 0, 0), (40, 40, 80, 60))
     quads = np.array([[[40, 40], [80, 40], [80, 60], [40, 60]]], np.float64)
     for seed in range(6):
-        from models.training.detector_data import Augmentation
-
-        pixels, moved = place(image, quads, INPUT, np.random.default_rng(seed), Augmentation(brightness=0, contrast=0, saturation=0, greyscale=0))
+        pixels, moved = place(
+            image,
+            quads,
+            INPUT,
+            np.random.default_rng(seed),
+            Augmentation(brightness=0, contrast=0, saturation=0, greyscale=0),
+        )
         centre = moved[0].mean(axis=0).round().astype(int)
         assert pixels[centre[1], centre[0], 0] > 200 and pixels[centre[1], centre[0], 1] < 50
         assert moved[0, 0, 0] < moved[0, 1, 0]  # flipped quads keep top-left first
@@ -165,9 +177,7 @@ def test_tiny_detector_trains_exports_and_loads(tmp_path: Path, one_thread: None
     trained = BlockDetector(model, loaded).detect_batch([Image.new("RGB", (192, 108))] * 2)
     assert len(trained) == 2
     # resuming continues from the saved state
-    resumed, state = train_detector(
-        DetectorTrainConfig(**{**config.__dict__, "max_steps": 32, "resume": True}), progress=False
-    )
+    _, state = train_detector(replace(config, max_steps=32, resume=True), progress=False)
     assert state.step == 32 and len(state.history) == 32
     lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 32
@@ -191,7 +201,13 @@ def test_cli_help_and_detect(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert done.value.code == 0
     assert "--evaluate" in capsys.readouterr().out
     detector = tmp_path / "d.safetensors"
-    save_detector(BlockDetectorNet(8), detector, DetectorMetadata(input_width=128, input_height=80, neck_channels=8, score_threshold=0.0, max_detections=2))
+    save_detector(
+        BlockDetectorNet(8),
+        detector,
+        DetectorMetadata(
+            input_width=128, input_height=80, neck_channels=8, score_threshold=0.0, max_detections=2
+        ),
+    )
     image = tmp_path / "side.jpg"
     Image.new("RGB", (256, 160), (90, 70, 50)).save(image)
     out = tmp_path / "out"

@@ -23,11 +23,15 @@ from models.synth.sides import (
 )
 from models.synth.sides.pallet import block_face
 
-SIZE = (640, 360)
+SIZE = (480, 270)
 
 
 def _grey(pixels: np.ndarray, size: tuple[int, int] = (48, 30)) -> np.ndarray:
-    image = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)) if pixels.dtype != np.uint8 else Image.fromarray(pixels)
+    image = (
+        Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+        if pixels.dtype != np.uint8
+        else Image.fromarray(pixels)
+    )
     grey = np.asarray(image.convert("L").resize(size, Image.Resampling.BILINEAR), np.float64)
     return (grey - grey.mean()) / (grey.std() + 1e-9)
 
@@ -46,7 +50,7 @@ def test_boxes_lie_on_the_blocks_of_the_same_identities_left_to_right(family: st
     the other two blocks of the side; boxes are inside the image and ordered left to right."""
     generator = get_family(family)
     checked = 0
-    for pallet in range(6):
+    for pallet in range(4):
         side = pallet % 2
         view = render_side(0, pallet, side, family, TRAINING_BACKGROUNDS[pallet % 3], SIZE)
         assert [block.position for block in view.blocks] == [side * 3, side * 3 + 1, side * 3 + 2]
@@ -70,7 +74,7 @@ def test_boxes_lie_on_the_blocks_of_the_same_identities_left_to_right(family: st
             if block.visible == 1.0:  # straps and forks may hide what makes a block itself
                 assert similarity[index].argmax() == index, similarity
                 checked += 1
-    assert checked >= 9
+    assert checked >= 6
 
 
 def test_aged_views_show_the_aged_blocks() -> None:
@@ -82,14 +86,14 @@ def test_aged_views_show_the_aged_blocks() -> None:
 
 def test_dataset_files_and_held_out_background(tmp_path: Path) -> None:
     assert HELD_OUT_BACKGROUND in BACKGROUNDS and HELD_OUT_BACKGROUND not in TRAINING_BACKGROUNDS
-    config = SideConfig(pallets=2, width=256, height=144, families=("chipsplat", "flakepress"))
+    config = SideConfig(pallets=1, width=192, height=108, families=("chipsplat", "flakepress"))
     annotations = generate_sides(tmp_path / "a", config, progress=False)
     views = read_annotations(tmp_path / "a")
-    assert len(views) == config.total_images == 8
+    assert len(views) == config.total_images == 4
     assert {view.background for view in views} <= set(TRAINING_BACKGROUNDS)
     for view in views:
         assert view.path.is_file() and len(view.blocks) == 3
-        assert Image.open(view.path).size == (256, 144)
+        assert Image.open(view.path).size == (192, 108)
     settings = json.loads((tmp_path / "a" / "sides.json").read_text())
     assert settings["backgrounds"] == list(TRAINING_BACKGROUNDS)
     generate_sides(tmp_path / "b", config, progress=False)
@@ -107,8 +111,20 @@ def test_synth_sides_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "annotations.jsonl" in capsys.readouterr().out
     out = tmp_path / "sides"
     code = main(
-        ["synth-sides", str(out), "--pallets", "1", "--sides", "1", "--width", "192", "--height", "108",
-         "--backgrounds", HELD_OUT_BACKGROUND]
+        [
+            "synth-sides",
+            str(out),
+            "--pallets",
+            "1",
+            "--sides",
+            "1",
+            "--width",
+            "192",
+            "--height",
+            "108",
+            "--backgrounds",
+            HELD_OUT_BACKGROUND,
+        ]
     )
     assert code == 0
     (view,) = read_annotations(out)
