@@ -57,6 +57,8 @@ def load_model(settings: Settings) -> ModelRunner:
             device=settings.model_device,
             num_threads=settings.model_threads,
             batch_size=settings.embed_batch_size,
+            max_queued=settings.max_queued_requests,
+            precision=settings.model_precision,
         )
     except CheckpointError as error:
         raise ConfigurationError(
@@ -99,10 +101,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not app.state.key_ring.enabled:
         warn_auth_disabled()
     logger.info(
-        "serving with database %s, model %s (%d dims); decision parameters from %s%s: %s",
+        "serving with database %s, model %s (%d dims, %s, up to %d requests queued); "
+        "decision parameters from %s%s: %s",
         engine.url.render_as_string(hide_password=True),
         runner.model_id,
         runner.embedding_dim,
+        runner.precision,
+        runner.max_queued,
         decision.source,
         f" (overridden: {', '.join(decision.overridden)})" if decision.overridden else "",
         decision.parameters.describe(),

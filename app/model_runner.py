@@ -1,8 +1,12 @@
 """The fingerprint model as the service uses it: loaded once, run on one dedicated worker thread.
 
-PyTorch inference is CPU-bound and blocking; routes are sync (FastAPI runs them in its threadpool) and hand
-the images to a single-thread executor, so the event loop never blocks and the model never runs twice at once
-(one model instance, its intra-op threads are the parallelism).
+PyTorch inference is CPU-bound and blocking. Routes are ``async``: they hand the decoded images to a
+single-thread executor and *await* the result, so no request thread (and no event-loop time) is held while
+a request waits for the model, and the model never runs twice at once (one model instance, its intra-op
+threads are the parallelism). Admission is bounded: at most ``max_queued`` requests wait for or run in the
+model; one more is refused at once with 503 ``overloaded`` and ``Retry-After`` (:class:`ModelOverloadedError`)
+instead of queueing without bound while its client times out. Probes never touch the model, so they answer
+while it is saturated.
 
 Local features (ORB, for the geometric check of the decision rule) are extracted on a small pool of their
 own while the network runs: OpenCV releases the GIL, so the two overlap. The same pool matches features
@@ -11,21 +15,35 @@ during identification (:attr:`ModelRunner.feature_pool`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 from PIL import Image
 
+from app.errors import PalletReidError
 from models.runtime.checkpoint import CheckpointMetadata
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
 
 logger = logging.getLogger(__name__)
+
+OVERLOAD_RETRY_AFTER_SECONDS = 1
+"""A full queue drains in about ``max_queued`` forwards (tens of milliseconds each)."""
+
+
+class ModelOverloadedError(PalletReidError):
+    """Too many requests are waiting for the fingerprint model; retry after ``Retry-After`` seconds."""
+
+    status_code = 503
+    error_type = "overloaded"
+    headers: ClassVar[Mapping[str, str] | None] = {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)}
 
 
 class FingerprintModel(Protocol):
@@ -35,6 +53,8 @@ class FingerprintModel(Protocol):
     embedding_dim: int
     image_size: tuple[int, int]
     metadata: CheckpointMetadata
+    precision: str
+    """``fp32`` or ``bf16``: what the forward computes in."""
 
     def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray: ...
 
@@ -50,13 +70,24 @@ class BlockAnalysis:
 
 
 class ModelRunner:
-    """Serialises all inference through one worker thread; extracts local features beside it."""
+    """Serialises all inference through one worker thread, admitting at most ``max_queued`` requests;
+    extracts local features beside it."""
 
     def __init__(
-        self, model: FingerprintModel, *, batch_size: int = 32, feature_threads: int | None = None
+        self,
+        model: FingerprintModel,
+        *,
+        batch_size: int = 32,
+        feature_threads: int | None = None,
+        max_queued: int = 8,
     ) -> None:
+        if max_queued < 1:
+            raise ValueError("max_queued must be at least 1")
         self._model = model
         self._batch_size = batch_size
+        self._max_queued = max_queued
+        self._admitted = 0
+        self._admission = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-model")
         self._feature_pool = ThreadPoolExecutor(
             max_workers=feature_threads or min(4, os.cpu_count() or 1), thread_name_prefix="local-features"
@@ -64,12 +95,24 @@ class ModelRunner:
 
     @classmethod
     def load(
-        cls, path: Path | None, *, device: str = "cpu", num_threads: int | None = None, batch_size: int = 32
+        cls,
+        path: Path | None,
+        *,
+        device: str = "cpu",
+        num_threads: int | None = None,
+        batch_size: int = 32,
+        max_queued: int = 8,
+        precision: str = "auto",
     ) -> ModelRunner:
-        """Load a checkpoint (``None``: the shipped default)."""
+        """Load a checkpoint (``None``: the shipped default); ``precision`` ``auto`` is bf16 on a CPU with
+        native bf16, fp32 elsewhere (``models.runtime.inference.resolve_precision``)."""
         from models.runtime.inference import Embedder
 
-        return cls(Embedder.load(path, device=device, num_threads=num_threads), batch_size=batch_size)
+        return cls(
+            Embedder.load(path, device=device, num_threads=num_threads, precision=precision),
+            batch_size=batch_size,
+            max_queued=max_queued,
+        )
 
     @property
     def model_id(self) -> str:
@@ -84,15 +127,51 @@ class ModelRunner:
         """The checkpoint header: preprocessing, embedding size, calibrated decision parameters."""
         return self._model.metadata
 
+    @property
+    def precision(self) -> str:
+        return self._model.precision
+
+    @property
+    def max_queued(self) -> int:
+        return self._max_queued
+
+    @property
+    def admitted(self) -> int:
+        """Requests waiting for or running in the model right now."""
+        return self._admitted
+
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Fingerprints of ``images`` (unit rows, float32); blocks the calling thread, not the event loop."""
+        """Fingerprints of ``images`` on the model's thread, blocking the caller (offline tools, the bench);
+        not admission-controlled."""
         return self._executor.submit(self._model.embed, images, self._batch_size).result()
 
-    def analyse(self, images: Sequence[Image.Image], extractor: ExtractorSettings) -> BlockAnalysis:
-        """Fingerprints and local features of ``images``; the two are computed at the same time."""
-        fingerprints = self._executor.submit(self._model.embed, images, self._batch_size)
-        features = list(self._feature_pool.map(lambda image: extract(image, extractor), images))
-        return BlockAnalysis(fingerprints=fingerprints.result(), features=features)
+    async def analyse(self, images: Sequence[Image.Image], extractor: ExtractorSettings) -> BlockAnalysis:
+        """Fingerprints and local features of ``images``, computed at the same time, awaited off the loop.
+
+        Raises :class:`ModelOverloadedError` at once when ``max_queued`` requests are already admitted. A
+        request stays admitted until its forward has finished, even if its client went away meanwhile.
+        """
+        with self._admission:
+            if self._admitted >= self._max_queued:
+                raise ModelOverloadedError(
+                    f"{self._admitted} requests are waiting for the fingerprint model; retry shortly"
+                )
+            self._admitted += 1
+        try:
+            fingerprints = self._executor.submit(self._model.embed, images, self._batch_size)
+        except BaseException:
+            self._release()
+            raise
+        fingerprints.add_done_callback(self._release)
+        features = [self._feature_pool.submit(extract, image, extractor) for image in images]
+        return BlockAnalysis(
+            fingerprints=await asyncio.wrap_future(fingerprints),
+            features=list(await asyncio.gather(*map(asyncio.wrap_future, features))),
+        )
+
+    def _release(self, _: object = None) -> None:
+        with self._admission:
+            self._admitted -= 1
 
     @property
     def feature_pool(self) -> Executor:

@@ -65,6 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compile takes minutes)",
     )
     parser.add_argument(
+        "--ef-search",
+        type=_int_list,
+        help="hnsw.ef_search values of the search sweep, besides the service's (default: 10,20,40,100,200)",
+    )
+    parser.add_argument(
         "--variant-gallery",
         type=int,
         help="pallets of the vector-vs-halfvec and HNSW m study (default: 10000)",
@@ -101,6 +106,7 @@ def bench(args: argparse.Namespace) -> int:
             requests=args.requests,
             embed_batch_sizes=args.batch_sizes,
             embedding_variants=args.embedding_variants,
+            ef_search_values=args.ef_search,
             variant_gallery=args.variant_gallery,
             faiss=False if args.no_faiss else None,
             faiss_hnsw_max_pallets=args.faiss_hnsw_max_pallets,

@@ -100,6 +100,8 @@ def run_embedding(
             logger.warning("embedding variant %s unavailable: %s", variant, error)
             errors[variant] = str(error)
 
+    # The ratio's baseline: the bare forward computing what the service computes (its precision).
+    service_variant = "bf16" if embedder.precision == "bf16" else SERVICE_VARIANT
     rows = []
     try:
         for batch_size in config.embed_batch_sizes:
@@ -124,7 +126,7 @@ def run_embedding(
                 except Exception as error:  # e.g. torch.compile without a working C++ toolchain
                     logger.warning("embedding variant %s failed: %s", variant, error)
                     errors[variant] = str(error)
-            baseline = bare.get(SERVICE_VARIANT)
+            baseline = bare.get(service_variant)
             rows.append(
                 {
                     "batch_size": batch_size,
@@ -143,6 +145,8 @@ def run_embedding(
         "image_size": list(embedder.image_size),
         "torch_threads": torch.get_num_threads(),
         "service_batch_size": settings.embed_batch_size,
+        "service_precision": embedder.precision,
+        "service_vs_bare_baseline": service_variant,
         "decode_ms_per_image": round(1000 / decode_rate.items_per_s, 3),
         "preprocess_ms_per_image": round(1000 / preprocess_rate.items_per_s, 3),
         "batches": rows,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sqlalchemy import create_engine, text
 
-from app.db.embedded import embedded_postgres
+from app.db.embedded import embedded_postgres, server_settings
 from app.db.migrations import upgrade_to_head
 from app.db.session import throwaway_database
 from app.matching.parameters import decision_parameters_in_force
@@ -87,10 +87,7 @@ def database_info(database_url: str) -> dict[str, Any]:
                 "pgvector": connection.execute(
                     text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
                 ).scalar_one(),
-                "shared_buffers": connection.execute(text("SHOW shared_buffers")).scalar_one(),
-                "max_parallel_maintenance_workers": connection.execute(
-                    text("SHOW max_parallel_maintenance_workers")
-                ).scalar_one(),
+                **server_settings(database_url),
             }
     finally:
         engine.dispose()
@@ -127,7 +124,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     settings = Settings()
     checkpoint = config.checkpoint or DEFAULT_CHECKPOINT
     started = time.perf_counter()
-    embedder = Embedder.load(checkpoint, num_threads=config.threads)
+    embedder = Embedder.load(checkpoint, num_threads=config.threads, precision=settings.model_precision)
     # What the service would decide with for this checkpoint (refuses an uncalibrated one without thresholds).
     decision = decision_parameters_in_force(settings, embedder.metadata, checkpoint)
     config_dict = {
@@ -143,6 +140,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         },
         "service_settings": {
             "embed_batch_size": settings.embed_batch_size,
+            "model_precision": embedder.precision,
+            "max_queued_requests": settings.max_queued_requests,
             "hnsw_ef_search": settings.hnsw_ef_search,
             "decision_parameters": {
                 "source": decision.source,

@@ -1,5 +1,8 @@
 """Request dependencies as ``Annotated`` aliases: ``SessionDep``, ``SettingsDep``, ``EmbedderDep`` and the
-role checks ``StationDep`` / ``ReaderDep``."""
+role checks ``StationDep`` / ``ReaderDep``.
+
+Dependencies that only read ``app.state`` are ``async`` so they never wait for a threadpool slot; only the
+session (sync SQLAlchemy: its commit blocks) is resolved in the threadpool."""
 
 from __future__ import annotations
 
@@ -34,12 +37,12 @@ _bearer = HTTPBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_matching_config(request: Request) -> MatchingConfig:
+async def get_matching_config(request: Request) -> MatchingConfig:
     config: MatchingConfig = request.app.state.matching_config
     return config
 
@@ -54,7 +57,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_embedder(request: Request) -> ModelRunner:
+async def get_embedder(request: Request) -> ModelRunner:
     runner: ModelRunner | None = getattr(request.app.state, "model_runner", None)
     if runner is None:
         raise ServiceNotReadyError("the fingerprint model is not loaded")

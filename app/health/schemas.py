@@ -50,6 +50,7 @@ class Readiness(BaseModel):
                     "status": "ready",
                     "model": "pcb_resnet18-p4x128-0123456789ab",
                     "embedding_dim": 512,
+                    "precision": "bf16",
                     "schema_revision": ["0002"],
                     "decision_parameters": {
                         "model_id": "pcb_resnet18-p4x128-0123456789ab",
@@ -81,5 +82,7 @@ class Readiness(BaseModel):
     status: str
     model: str
     embedding_dim: int
+    precision: str
+    """What the model computes in: ``bf16`` on a CPU with native bf16 (``PALLETREID_MODEL_PRECISION``)."""
     schema_revision: list[str]
     decision_parameters: DecisionParametersOut

@@ -52,6 +52,7 @@ def check_readiness(
         status="ready",
         model=model.model_id,
         embedding_dim=model.embedding_dim,
+        precision=model.precision,
         schema_revision=sorted(current),
         decision_parameters=DecisionParametersOut(
             model_id=parameters.model_id,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, UploadFile
+from PIL import Image
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import EmbedderDep, MatchingConfigDep, SessionDep, SettingsDep, StationDep
 from app.api.validation import MAX_DAMAGE_CODES, DamageCode, Grai, ShortText, Sscc, Timestamp
@@ -32,7 +35,7 @@ from app.images.service import BlockImageRecorder, ReceivedImage
 from app.images.store import ImageStore
 from app.matching.schemas import MatchResult
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
-from app.model_runner import ModelRunner
+from app.model_runner import BlockAnalysis, ModelOverloadedError, ModelRunner
 from app.security import Principal
 from app.settings import Settings
 from models.runtime.images import decode_image, read_limited
@@ -51,6 +54,7 @@ _ERRORS = error_responses(
     UnsupportedImageTypeError,
     IdempotencyConflictError,
     DatabaseUnavailableError,
+    ModelOverloadedError,
 )
 
 BlocksField = Annotated[
@@ -96,7 +100,7 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
-def _record(
+async def _record(
     kind: EventKind,
     blocks: list[UploadFile],
     details: EventDetails,
@@ -108,26 +112,29 @@ def _record(
     principal: Principal,
     store: ImageStore,
 ) -> MatchResult:
+    """Decode the blocks in parallel threads, await the model, then record in a thread (sync database work).
+
+    No thread is held while the request waits for the model (``ModelRunner.analyse``), so requests queued
+    for it cannot exhaust the threadpool that database work runs in.
+    """
     if not 1 <= len(blocks) <= settings.max_blocks:
         raise InvalidRequestError(f"send 1 to {settings.max_blocks} block images, got {len(blocks)}")
-    with image_errors_as_domain_errors():
-        blobs = [
-            read_limited(block.file, max_bytes=settings.max_image_bytes, name=f"blocks[{position}]")
-            for position, block in enumerate(blocks)
-        ]
-        images = [
-            decode_image(blob, max_pixels=settings.max_image_pixels, name=f"blocks[{position}]")
-            for position, blob in enumerate(blobs)
-        ]
-    analysis = embedder.analyse(images, config.geometry.extractor)
+    outcomes = await asyncio.gather(
+        *(run_in_threadpool(_load_block, block, position, settings) for position, block in enumerate(blocks)),
+        return_exceptions=True,
+    )
+    loaded = []
+    for outcome in outcomes:  # the first refused block in upload order, as if decoded one by one
+        if isinstance(outcome, BaseException):
+            raise outcome
+        loaded.append(outcome)
+    blobs = [blob for blob, _ in loaded]
+    analysis = await embedder.analyse([image for _, image in loaded], config.geometry.extractor)
     if idempotency_key is not None:
         details = details.with_idempotency_key(idempotency_key, kind, blobs)
-    service = MatchingService(session, config, embedder.feature_pool)
-    block_images = BlockImageRecorder(session, store, [ReceivedImage.of(blob) for blob in blobs])
-    with block_images.removing_created_on_error():
-        result = service.record(
-            kind, analysis, model_id=embedder.model_id, details=details, block_images=block_images
-        )
+    result = await run_in_threadpool(
+        _record_in_database, kind, analysis, details, blobs, session, embedder, config, store
+    )
     verification = result.verification
     logger.info(
         "%s by key %s (role %s): event %d, %s pallet %s%s, %d blocks, %s",
@@ -148,10 +155,36 @@ def _record(
     return result
 
 
-def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., MatchResult]:
+def _load_block(block: UploadFile, position: int, settings: Settings) -> tuple[bytes, Image.Image]:
+    """One uploaded block, size-limited and decoded upright (the loader's refusals as the API's errors)."""
+    name = f"blocks[{position}]"
+    with image_errors_as_domain_errors():
+        blob = read_limited(block.file, max_bytes=settings.max_image_bytes, name=name)
+        return blob, decode_image(blob, max_pixels=settings.max_image_pixels, name=name)
+
+
+def _record_in_database(
+    kind: EventKind,
+    analysis: BlockAnalysis,
+    details: EventDetails,
+    blobs: list[bytes],
+    session: Session,
+    embedder: ModelRunner,
+    config: MatchingConfig,
+    store: ImageStore,
+) -> MatchResult:
+    service = MatchingService(session, config, embedder.feature_pool)
+    block_images = BlockImageRecorder(session, store, [ReceivedImage.of(blob) for blob in blobs])
+    with block_images.removing_created_on_error():
+        return service.record(
+            kind, analysis, model_id=embedder.model_id, details=details, block_images=block_images
+        )
+
+
+def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., Awaitable[MatchResult]]:
     """The route function of one event kind; receipts and dispatches take the same inputs."""
 
-    def record_event(
+    async def record_event(
         blocks: BlocksField,
         principal: StationDep,
         session: SessionDep,
@@ -187,7 +220,7 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., M
             grai=grai,
             asset_code=asset_code,
         )
-        return _record(
+        return await _record(
             kind, blocks, details, idempotency_key, session, embedder, settings, config, principal, store
         )
 
