@@ -129,6 +129,34 @@ class IdempotencyConflictError(PalletReidError):
     error_type = "idempotency_conflict"
 
 
+class MergeCycleError(PalletReidError):
+    """The merge would make a pallet its own survivor (into itself, or into a pallet merged into it)."""
+
+    status_code = 409
+    error_type = "merge_cycle"
+
+
+class PalletMergedError(PalletReidError):
+    """The pallet was already merged into another; act on the surviving pallet (``merged_into``)."""
+
+    status_code = 409
+    error_type = "pallet_merged"
+
+
+class DetachConflictError(PalletReidError):
+    """The event cannot be detached (not a receipt or dispatch, or the only one of its pallet)."""
+
+    status_code = 409
+    error_type = "detach_conflict"
+
+
+class ReviewConflictError(PalletReidError):
+    """The event is not open for review, or was resolved differently."""
+
+    status_code = 409
+    error_type = "review_conflict"
+
+
 class AuthenticationError(PalletReidError):
     """No API key, or one the service does not know."""
 

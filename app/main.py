@@ -23,6 +23,7 @@ from app.matching.router import router as matching_router
 from app.matching.service import MatchingConfig
 from app.model_runner import ModelRunner
 from app.pallets.router import router as pallets_router
+from app.reviews.router import event_corrections_router, pallet_corrections_router, reviews_router
 from app.security import KeyRing, warn_auth_disabled
 from app.settings import MAX_FORM_FIELDS, Settings
 
@@ -148,6 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pallets_router,
         events_router,
         images_router,
+        reviews_router,
+        pallet_corrections_router,
+        event_corrections_router,
         calibration_router,
         health_router,
     ):

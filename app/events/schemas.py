@@ -25,14 +25,14 @@ _EVENT_EXAMPLE: JsonDict = {
 
 
 class EventOut(BaseModel):
-    """One receipt or dispatch."""
+    """One receipt or dispatch, or a correction (merge, detach) of a pallet's history."""
 
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_EVENT_EXAMPLE]})
 
     id: int
     pallet_id: uuid.UUID
     kind: EventKind
-    decision: MatchDecision
+    decision: MatchDecision | None = Field(description="Receipts and dispatches only; null for corrections.")
     score: float | None
     site: str | None
     gate: str | None
@@ -46,6 +46,14 @@ class EventOut(BaseModel):
     carrier: str | None = None
     grai: str | None = Field(default=None, description="The pallet's GS1 GRAI with serial.")
     asset_code: str | None = Field(default=None, description="Another code read from the pallet.")
+    related_pallet_id: uuid.UUID | None = Field(
+        default=None,
+        description="merge: the pallet merged into this one; detach: the pallet on the other side.",
+    )
+    related_event_id: int | None = Field(
+        default=None, description="detach: the receipt or dispatch that moved."
+    )
+    actor: str | None = Field(default=None, description="Corrections: the API key name of the operator.")
 
 
 class EventPage(BaseModel):

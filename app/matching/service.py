@@ -37,7 +37,12 @@ from app.db.tables import (
     PalletStatus,
     QualityClass,
 )
-from app.errors import IdempotencyConflictError, InvalidRequestError, PalletNotFoundError
+from app.errors import (
+    IdempotencyConflictError,
+    InvalidRequestError,
+    PalletMergedError,
+    PalletNotFoundError,
+)
 from app.events.repository import EventRepository
 from app.images.service import BlockImageRecorder
 from app.matching.repository import FingerprintRepository, StoredCapture, StoredNeighbour
@@ -202,6 +207,10 @@ class MatchingService:
             pallet = self._pallets.get_for_update(details.pallet_id)
             if pallet is None:
                 raise PalletNotFoundError(f"no pallet {details.pallet_id}")
+            if pallet.merged_into is not None:
+                raise PalletMergedError(
+                    f"pallet {pallet.id} was merged into {pallet.merged_into}; send that id"
+                )
             decision: VerifiedDecision[uuid.UUID] | None = None
             outcome = MatchDecision.MATCHED
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
 from app.db.tables import PalletStatus, QualityClass
@@ -35,6 +35,10 @@ class PalletOut(BaseModel):
     receipts: int
     dispatches: int
     external_refs: list[str]
+    merged_into: uuid.UUID | None = Field(
+        default=None,
+        description="With status merged: the pallet this one was merged into (its history is there).",
+    )
 
 
 class PalletPage(BaseModel):

@@ -87,4 +87,5 @@ def _pallet_out(pallet: Pallet, activity: PalletActivity) -> PalletOut:
         receipts=activity.receipts,
         dispatches=activity.dispatches,
         external_refs=sorted(activity.external_refs),
+        merged_into=pallet.merged_into,
     )

@@ -1,0 +1,1 @@
+"""Operator corrections: the review queue, merging two identities of one pallet, detaching an event."""
