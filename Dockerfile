@@ -26,13 +26,15 @@ RUN cp pyproject.toml README.md src/ \
     && pip install --no-deps ./src \
     && rm -rf src \
     && useradd --system --home-dir /srv/palletreid palletreid \
-    && mkdir -p /srv/palletreid/var && chown palletreid /srv/palletreid/var
+    && mkdir -p /srv/palletreid/var/images && chown -R palletreid /srv/palletreid/var
 
 USER palletreid
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
-# Applies migrations (DATABASE_URL), loads the model, serves.
+# Applies migrations (DATABASE_URL), loads the model, serves. Several replicas: run `palletreid serve
+# --migrate-only` once and the replicas with --no-migrate (docker-compose.yml); several processes in one
+# container: --workers N.
 CMD ["palletreid", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 
