@@ -13,6 +13,7 @@ from app.api.limits import BodySizeLimitMiddleware
 from app.calibration.router import router as calibration_router
 from app.db.session import build_engine, build_session_factory
 from app.db.tables import EMBEDDING_DIM
+from app.epcis.router import router as epcis_router
 from app.errors import ConfigurationError, install_error_handlers, install_error_schema
 from app.events.router import router as events_router
 from app.health.router import router as health_router
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         matching_router,
         pallets_router,
         events_router,
+        epcis_router,
         images_router,
         reviews_router,
         pallet_corrections_router,
