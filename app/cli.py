@@ -12,6 +12,7 @@ COMMAND_MODULES: dict[str, str] = {
     "serve": "app.commands.serve",
     "calibrate": "app.commands.calibrate",
     "gc": "app.commands.gc",
+    "reindex": "app.commands.reindex",
     "synth": "models.cli.synth",
     "synth-sides": "models.cli.synth_sides",
     "train": "models.cli.train",

@@ -1,0 +1,221 @@
+"""Fingerprint the stored block images with another model, beside the model in service.
+
+A new model's fingerprints are stored under its own ``model_id`` next to the old ones; the service keeps
+identifying with its model (it only ever compares fingerprints of one model) until it is restarted with the
+new one. Work goes event by event in id order and is committed per batch, so an interrupted run resumes
+where it stopped: an event is done once it has fingerprints of the new model. Inference runs outside any
+transaction; each batch is written under the identification lock with the events' *current* pallets, so a
+merge or detach that ran meanwhile is respected.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import and_, exists, func, select
+from sqlalchemy.orm import Session
+
+from app.db.session import unit_of_work
+from app.db.tables import BlockImage, Event, Fingerprint, Pallet, PalletStatus
+from app.images.store import ImageStore
+from app.matching.repository import FingerprintRepository
+from models.runtime.images import ImageRejectedError, decode_image
+from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
+
+logger = logging.getLogger(__name__)
+
+Embed = Callable[[Sequence[Image.Image]], np.ndarray]
+Progress = Callable[[int, int], None]
+"""Called with (events handled so far, events to handle in this run)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReindexReport:
+    model_id: str
+    events_fingerprinted: int
+    fingerprints_added: int
+    events_without_images: int
+    """Events skipped because an image was deleted (retention) or unreadable: they stay without."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCoverage:
+    model_id: str
+    pallets: int
+    """Pallets (not merged) with at least one fingerprint of this model."""
+    share: float
+    """Of all pallets that are not merged."""
+
+
+class ReindexRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def pending_events(self, model_id: str, *, after_id: int, limit: int) -> list[int]:
+        """Events with stored images but no fingerprints of ``model_id``, in id order after ``after_id``."""
+        has_images = exists().where(BlockImage.event_id == Event.id)
+        done = exists().where(and_(Fingerprint.event_id == Event.id, Fingerprint.model_id == model_id))
+        return list(
+            self._session.scalars(
+                select(Event.id).where(Event.id > after_id, has_images, ~done).order_by(Event.id).limit(limit)
+            )
+        )
+
+    def count_pending(self, model_id: str) -> int:
+        has_images = exists().where(BlockImage.event_id == Event.id)
+        done = exists().where(and_(Fingerprint.event_id == Event.id, Fingerprint.model_id == model_id))
+        return self._session.scalar(select(func.count()).select_from(Event).where(has_images, ~done)) or 0
+
+    def images(self, event_ids: Sequence[int]) -> dict[int, list[BlockImage]]:
+        rows = self._session.scalars(
+            select(BlockImage)
+            .where(BlockImage.event_id.in_(list(event_ids)))
+            .order_by(BlockImage.event_id, BlockImage.position)
+        )
+        grouped: dict[int, list[BlockImage]] = {}
+        for row in rows:
+            grouped.setdefault(row.event_id, []).append(row)
+        return grouped
+
+    def current_pallets(self, event_ids: Sequence[int]) -> dict[int, uuid.UUID]:
+        rows = self._session.execute(select(Event.id, Event.pallet_id).where(Event.id.in_(list(event_ids))))
+        return {event_id: pallet_id for event_id, pallet_id in rows}
+
+    def already_done(self, event_ids: Sequence[int], model_id: str) -> set[int]:
+        rows = self._session.scalars(
+            select(Fingerprint.event_id)
+            .where(Fingerprint.event_id.in_(list(event_ids)), Fingerprint.model_id == model_id)
+            .distinct()
+        )
+        return set(rows)
+
+    def coverage(self) -> list[ModelCoverage]:
+        """Per model, the share of pallets (not merged) that have its fingerprints."""
+        total = (
+            self._session.scalar(
+                select(func.count()).select_from(Pallet).where(Pallet.status != PalletStatus.MERGED.value)
+            )
+            or 0
+        )
+        rows = self._session.execute(
+            select(Fingerprint.model_id, func.count(Fingerprint.pallet_id.distinct()))
+            .group_by(Fingerprint.model_id)
+            .order_by(Fingerprint.model_id)
+        ).all()
+        return [
+            ModelCoverage(model_id=model_id, pallets=pallets, share=pallets / total if total else 1.0)
+            for model_id, pallets in rows
+        ]
+
+
+def reindex(
+    session_factory: Callable[[], Session],
+    store: ImageStore,
+    *,
+    model_id: str,
+    embed: Embed,
+    extractor: ExtractorSettings,
+    batch_size: int = 32,
+    max_batches: int | None = None,
+    progress: Progress | None = None,
+) -> ReindexReport:
+    """Add fingerprints (and local features) of ``model_id`` for every event that has stored images and none
+    of its fingerprints yet. ``max_batches`` stops early (the next run resumes)."""
+    with session_factory() as session:
+        total = ReindexRepository(session).count_pending(model_id)
+    handled = fingerprinted = added = skipped = batches = 0
+    after_id = 0
+    while max_batches is None or batches < max_batches:
+        with session_factory() as session:
+            repository = ReindexRepository(session)
+            event_ids = repository.pending_events(model_id, after_id=after_id, limit=batch_size)
+            stored = repository.images(event_ids)
+        if not event_ids:
+            break
+        after_id = event_ids[-1]
+        batches += 1
+        decoded: dict[int, list[Image.Image]] = {}
+        for event_id in event_ids:
+            images = _load(store, stored.get(event_id, []))
+            if images is None:
+                skipped += 1
+            else:
+                decoded[event_id] = images
+        if decoded:
+            order = list(decoded)
+            flat = [image for event_id in order for image in decoded[event_id]]
+            vectors = embed(flat)
+            features = [extract(image, extractor) for image in flat]
+            fingerprinted_now, added_now = _write(
+                session_factory, model_id, order, decoded, vectors, features
+            )
+            fingerprinted += fingerprinted_now
+            added += added_now
+        handled += len(event_ids)
+        if progress is not None:
+            progress(handled, total)
+    return ReindexReport(
+        model_id=model_id,
+        events_fingerprinted=fingerprinted,
+        fingerprints_added=added,
+        events_without_images=skipped,
+    )
+
+
+def _load(store: ImageStore, rows: Sequence[BlockImage]) -> list[Image.Image] | None:
+    """The event's block images in position order, or ``None`` if any is missing or unreadable."""
+    if not rows or [row.position for row in rows] != list(range(len(rows))):
+        return None
+    images = []
+    for row in rows:
+        data = store.read(row.sha256)
+        if data is None:
+            return None
+        try:
+            images.append(decode_image(data, name=f"event {row.event_id} block {row.position}"))
+        except ImageRejectedError as error:
+            logger.warning("cannot re-read a stored image: %s", error)
+            return None
+    return images
+
+
+def _write(
+    session_factory: Callable[[], Session],
+    model_id: str,
+    order: Sequence[int],
+    decoded: dict[int, list[Image.Image]],
+    vectors: np.ndarray,
+    features: Sequence[LocalFeatures],
+) -> tuple[int, int]:
+    """Insert one batch under the identification lock, with each event's current pallet."""
+    with unit_of_work(session_factory) as session:
+        FingerprintRepository(session).lock_identification()
+        repository = ReindexRepository(session)
+        pallets = repository.current_pallets(order)
+        done = repository.already_done(order, model_id)  # a concurrent run got there first
+        rows: list[Fingerprint] = []
+        events = 0
+        offset = 0
+        for event_id in order:
+            count = len(decoded[event_id])
+            if event_id not in done:
+                events += 1
+                rows.extend(
+                    Fingerprint(
+                        pallet_id=pallets[event_id],
+                        event_id=event_id,
+                        model_id=model_id,
+                        position=position,
+                        embedding=vectors[offset + position],
+                        local_features=features[offset + position].to_bytes(),
+                    )
+                    for position in range(count)
+                )
+            offset += count
+        FingerprintRepository(session).add_all(rows)
+    return events, len(rows)
