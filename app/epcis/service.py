@@ -7,6 +7,14 @@ which the standard JSON-LD context maps); ``readPoint`` the gate and ``bizLocati
 Digital Link when the event carries one, else ``PALLETREID_EPC_BASE_URI`` + its id. A reported damage
 sets (or unsets) the persistent disposition ``damaged``. What EPCIS has no field for — the match decision,
 score, review flag, evidence and the business facts — is in the ``palletreid:`` extension namespace.
+
+Published events do not change: a recording names the pallet it was recorded under. Operator corrections
+are EPCIS error declarations, at the position of the correction in the event order: a merge of pallet B
+into A re-publishes each event recorded under B with an ``errorDeclaration`` (reason ``incorrect_data``)
+naming a corrective event, the same observation of A; a detach does the same for the moved event and its new
+pallet. Events named by a GRAI need no correction (the GRAI identifies the pallet whatever the register
+thought). Corrections of corrections (an event recorded under C, C merged into B, B into A) are declared
+once, against the pallet the event was recorded under.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from urllib.parse import quote, unquote
 
 from sqlalchemy.orm import Session
 
-from app.db.tables import Event, EventKind, MatchDecision
+from app.db.tables import RECORDING_KINDS, Event, EventKind, MatchDecision
 from app.epcis.gs1 import DIGITAL_LINK_BASE, GRAI_AI, grai_digital_link, validate_grai
 from app.epcis.repository import EpcisRepository, ObjectEventQuery
 from app.pagination import decode_id_cursor, encode_cursor
@@ -49,10 +57,13 @@ class EpcisNames:
     def from_settings(cls, settings: Settings) -> EpcisNames:
         return cls(epc_base_uri=settings.epc_base_uri, epcis_base_uri=settings.epcis_base_uri)
 
-    def pallet(self, event: Event) -> str:
+    def pallet(self, event: Event, *, corrected_to: uuid.UUID | None = None) -> str:
+        """The pallet of a recording as it was recorded (or as a correction names it)."""
         if event.grai is not None:
             return grai_digital_link(event.grai)
-        return f"{self.epc_base_uri}{event.pallet_id}"
+        if corrected_to is not None:
+            return f"{self.epc_base_uri}{corrected_to}"
+        return f"{self.epc_base_uri}{recorded_pallet_id(event)}"
 
     def site(self, site: str) -> str:
         return f"{self.epcis_base_uri}loc:{_segment(site)}"
@@ -86,6 +97,12 @@ class EpcisNames:
             except ValueError:
                 return None
         return None
+
+
+def recorded_pallet_id(event: Event) -> uuid.UUID:
+    """The pallet a recording named when it was made (kept in its stored result; corrections move events)."""
+    recorded = (event.result or {}).get("pallet_id")
+    return uuid.UUID(recorded) if recorded is not None else event.pallet_id
 
 
 def _segment(value: str) -> str:
@@ -152,10 +169,56 @@ class EpcisService:
         )
         rows = self._events.object_events(query, after_id=after_id, limit=per_page + 1) if query.kinds else []
         page = rows[:per_page]
+        requested_epcs = set(epcs) if epcs is not None else None
+        items: list[dict[str, Any]] = []
+        for event in page:
+            if EventKind(event.kind) in RECORDING_KINDS:
+                items.append(self.object_event(event))
+            else:
+                items.extend(self._declarations(event, query, requested_epcs))
         return EpcisPage(
-            document=self.document([self.object_event(event) for event in page]),
+            document=self.document(items),
             next_page_token=encode_cursor([page[-1].id]) if len(rows) > per_page else None,
         )
+
+    def _declarations(
+        self, correction: Event, query: ObjectEventQuery, epcs: set[str] | None
+    ) -> list[dict[str, Any]]:
+        """For a merge or detach: each event it corrects, with an errorDeclaration, and its correction."""
+        assert correction.related_pallet_id is not None, "corrections name the other pallet"
+        if correction.kind == EventKind.MERGE.value:
+            wrong = self._events.recorded_as(correction.related_pallet_id, before_id=correction.id)
+            corrected_to = correction.pallet_id
+        else:
+            moved = (
+                self._events.event(correction.related_event_id)
+                if correction.related_event_id is not None
+                and self._events.first_detach_id(correction.related_event_id) == correction.id
+                else None
+            )
+            wrong = [moved] if moved is not None and moved.grai is None else []
+            corrected_to = correction.related_pallet_id
+        items: list[dict[str, Any]] = []
+        for event in wrong:
+            if not _within(event, query):
+                continue
+            corrective_id = f"{self._names.event(event.id)}:corrected-by:{correction.id}"
+            declared = self.object_event(event)
+            declared["errorDeclaration"] = {
+                "declarationTime": epcis_time(correction.recorded_at),
+                "reason": "incorrect_data",
+                "correctiveEventIDs": [corrective_id],
+                f"{EXTENSION_PREFIX}:correction": correction.kind,
+                f"{EXTENSION_PREFIX}:correctionEventId": correction.id,
+            }
+            corrective = self.object_event(event, corrected_to=corrected_to)
+            corrective.update(
+                eventID=corrective_id, action="OBSERVE", recordTime=epcis_time(correction.recorded_at)
+            )
+            corrective[f"{EXTENSION_PREFIX}:corrects"] = self._names.event(event.id)
+            pair = (declared, corrective)
+            items.extend(item for item in pair if epcs is None or item["epcList"][0] in epcs)
+        return items
 
     def document(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -166,7 +229,7 @@ class EpcisService:
             "epcisBody": {"queryResults": {"queryName": QUERY_NAME, "resultsBody": {"eventList": events}}},
         }
 
-    def object_event(self, event: Event) -> dict[str, Any]:
+    def object_event(self, event: Event, *, corrected_to: uuid.UUID | None = None) -> dict[str, Any]:
         kind = EventKind(event.kind)
         names = self._names
         item: dict[str, Any] = {
@@ -175,7 +238,7 @@ class EpcisService:
             "eventTime": epcis_time(event.captured_at or event.recorded_at),
             "recordTime": epcis_time(event.recorded_at),
             "eventTimeZoneOffset": "+00:00",
-            "epcList": [names.pallet(event)],
+            "epcList": [names.pallet(event, corrected_to=corrected_to)],
             "action": "ADD" if event.decision == MatchDecision.REGISTERED.value else "OBSERVE",
             "bizStep": BIZ_STEP[kind],
             "disposition": DISPOSITION[kind],
@@ -189,7 +252,7 @@ class EpcisService:
         if event.external_ref is not None:
             item["bizTransactionList"] = [{"bizTransaction": names.transaction(event.external_ref)}]
         extension = {
-            "palletId": str(event.pallet_id),
+            "palletId": str(corrected_to or recorded_pallet_id(event)),
             "eventId": event.id,
             "decision": event.decision,
             "review": event.review,
@@ -208,3 +271,14 @@ class EpcisService:
             {f"{EXTENSION_PREFIX}:{name}": value for name, value in extension.items() if value is not None}
         )
         return item
+
+
+def _within(event: Event, query: ObjectEventQuery) -> bool:
+    """Whether a corrected recording passes the query's kind, time and location filters."""
+    time = event.captured_at or event.recorded_at
+    return (
+        EventKind(event.kind) in query.kinds
+        and (query.event_time_from is None or time >= query.event_time_from)
+        and (query.event_time_before is None or time < query.event_time_before)
+        and (query.sites is None or event.site in query.sites)
+    )

@@ -185,3 +185,54 @@ def test_names_read_back_what_they_write() -> None:
     assert biz_step_kinds(["urn:epcglobal:cbv:bizstep:shipping", "receiving"]) == biz_step_kinds(
         ["shipping", "receiving"]
     )
+
+
+def test_a_merge_is_declared_as_an_error_with_corrective_events(client: TestClient) -> None:
+    survivor = _post(client, "/v1/receipts", 1330, site="HAM")
+    twin = _post(client, "/v1/receipts", 1331, site="HAM", gate="g2")
+    twin_dispatch = _post(client, "/v1/dispatches", 1331, site="HAM")
+    assert twin_dispatch["pallet_id"] == twin["pallet_id"]
+    merge = client.post(f"/v1/pallets/{twin['pallet_id']}/merge", json={"into": survivor["pallet_id"]})
+    assert merge.status_code == 200, merge.text
+    merge_id = merge.json()["event_id"]
+    document, _ = _query(client)
+    events = document["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    mine = [e for e in events if e["palletreid:eventId"] in {twin["event_id"], twin_dispatch["event_id"]}]
+    twin_uri = f"urn:palletreid:pallet:{twin['pallet_id']}"
+    survivor_uri = f"urn:palletreid:pallet:{survivor['pallet_id']}"
+    # As first published, then declared wrong and corrected, in the order of the merge.
+    assert [(e["epcList"], "errorDeclaration" in e) for e in mine] == [
+        ([twin_uri], False),
+        ([twin_uri], False),
+        ([twin_uri], True),
+        ([survivor_uri], False),
+        ([twin_uri], True),
+        ([survivor_uri], False),
+    ]
+    declared, corrective = mine[2], mine[3]
+    assert declared["eventID"] == mine[0]["eventID"], "the declaration repeats the wrong event's id"
+    assert declared["errorDeclaration"]["reason"] == "incorrect_data"
+    assert declared["errorDeclaration"]["correctiveEventIDs"] == [corrective["eventID"]]
+    assert declared["errorDeclaration"]["palletreid:correctionEventId"] == merge_id
+    assert (corrective["action"], corrective["bizStep"]) == ("OBSERVE", "receiving")
+    assert corrective["readPoint"] == mine[0]["readPoint"]
+    assert corrective["palletreid:corrects"] == mine[0]["eventID"]
+    assert _events(client, {twin["event_id"]}, MATCH_epc=survivor_uri) == [corrective]
+    assert len(_events(client, {twin["event_id"]}, MATCH_epc=twin_uri)) == 2, "published and declared"
+
+
+def test_a_detach_is_declared_for_the_moved_event_only(client: TestClient) -> None:
+    receipt = _post(client, "/v1/receipts", 1340, site="HAM")
+    dispatch = _post(client, "/v1/dispatches", 1340, site="HAM")
+    detach = client.post(f"/v1/events/{dispatch['event_id']}/detach")
+    assert detach.status_code == 200, detach.text
+    new_pallet = detach.json()["pallet_id"]
+    mine = _events(client, {receipt["event_id"], dispatch["event_id"]})
+    assert [("errorDeclaration" in e, e["epcList"][0].rsplit(":", 1)[1]) for e in mine] == [
+        (False, receipt["pallet_id"]),
+        (False, receipt["pallet_id"]),
+        (True, receipt["pallet_id"]),
+        (False, new_pallet),
+    ]
+    assert mine[2]["palletreid:eventId"] == dispatch["event_id"]
+    assert _events(client, {receipt["event_id"]}, EQ_bizStep="receiving") == [mine[0]]
