@@ -63,13 +63,15 @@ def test_one_statement_finds_what_the_per_block_queries_find(session: Session) -
     separate = [repository.nearest(query, model_id=MODEL, limit=7) for query in queries]
 
     assert len(batched) == len(separate) == 6
-    for together, alone in zip(batched, separate, strict=True):
+    for index, (together, alone) in enumerate(zip(batched, separate, strict=True)):
         assert len(together) == 7
-        assert [(n.pallet_id, n.pallet_status) for n in together] == [
-            (n.pallet_id, n.pallet_status) for n in alone
-        ]
-        np.testing.assert_allclose([n.similarity for n in together], [n.similarity for n in alone], atol=1e-6)
+        # relaxed_order scans may return a block's neighbours slightly out of order; the batched statement
+        # sorts them, so compare them as sets of (pallet, status, similarity)
+        assert sorted(
+            (str(n.pallet_id), n.pallet_status, round(n.similarity, 5)) for n in together
+        ) == sorted((str(n.pallet_id), n.pallet_status, round(n.similarity, 5)) for n in alone)
         assert [n.similarity for n in together] == sorted((n.similarity for n in together), reverse=True)
+        assert together[0].similarity > 0.9, f"block {index} finds the pallet it was copied from first"
     statuses = {n.pallet_status for block in batched for n in block}
     assert statuses == {PalletStatus.IN_STOCK.value, PalletStatus.DISPATCHED.value}
     assert repository.nearest_per_block(queries[:0], model_id=MODEL, limit=7) == []
