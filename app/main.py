@@ -17,6 +17,7 @@ from app.epcis.router import router as epcis_router
 from app.errors import ConfigurationError, install_error_handlers, install_error_schema
 from app.events.router import router as events_router
 from app.health.router import router as health_router
+from app.images.reindex import CoverageCache, check_model_coverage
 from app.images.router import router as images_router
 from app.images.store import ImageStore
 from app.matching.parameters import decision_parameters_in_force
@@ -97,6 +98,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     matching_config = MatchingConfig.from_settings(settings, decision.parameters)
     engine = build_engine(settings.database_url, pool_size=settings.db_pool_size)
     app.state.session_factory = build_session_factory(engine)
+    try:
+        check_model_coverage(
+            app.state.session_factory, runner.model_id, allow_partial=settings.allow_partial_coverage
+        )
+    except ConfigurationError as error:
+        runner.close()
+        engine.dispose()
+        logger.error("not starting: %s", error)
+        raise
     app.state.model_runner = runner
     app.state.matching_config = matching_config
     app.state.decision_parameters = decision
@@ -142,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_runner = None
     app.state.decision_parameters = None
     app.state.image_store = ImageStore(settings.image_store_path)
+    app.state.model_coverage = CoverageCache()
     install_error_handlers(app)
     install_error_schema(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)

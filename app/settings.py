@@ -133,6 +133,10 @@ class Settings(BaseSettings):
         default=None,
         description="Folder of the stored block images (content-addressed); unset means <data_dir>/images.",
     )
+    allow_partial_coverage: bool = Field(
+        default=False,
+        description="Serve a model that lacks fingerprints of some known pallets (see palletreid reindex).",
+    )
     image_retention_days: int | None = Field(
         default=None,
         ge=1,

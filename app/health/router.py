@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.errors import ServiceNotReadyError, error_responses
 from app.health.schemas import Liveness, Readiness
 from app.health.service import check_readiness
+from app.images.reindex import CoverageCache
 from app.matching.parameters import DecisionParametersInForce
 from app.model_runner import ModelRunner
 
@@ -41,12 +42,16 @@ async def readyz(request: Request) -> Readiness:
             state.session_factory,
             getattr(state, "model_runner", None),
             getattr(state, "decision_parameters", None),
+            getattr(state, "model_coverage", None),
         )
     )
 
 
 def _check_with_own_session(
-    factory: sessionmaker[Session], model: ModelRunner | None, decision: DecisionParametersInForce | None
+    factory: sessionmaker[Session],
+    model: ModelRunner | None,
+    decision: DecisionParametersInForce | None,
+    coverage: CoverageCache | None,
 ) -> Readiness:
     with factory() as session:
-        return check_readiness(session, model, decision)
+        return check_readiness(session, model, decision, coverage)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Liveness(BaseModel):
@@ -38,6 +38,14 @@ class DecisionParametersOut(BaseModel):
     geometry: GeometryOut
     source: str
     overridden: list[str]
+
+
+class ModelCoverageOut(BaseModel):
+    """How many known pallets (not merged) have fingerprints of one model."""
+
+    model_id: str
+    pallets: int
+    share: float = Field(description="Of the known pallets; 1.0: the model can identify every one.")
 
 
 class Readiness(BaseModel):
@@ -86,3 +94,7 @@ class Readiness(BaseModel):
     """What the model computes in: ``bf16`` on a CPU with native bf16 (``PALLETREID_MODEL_PRECISION``)."""
     schema_revision: list[str]
     decision_parameters: DecisionParametersOut
+    model_coverage: list[ModelCoverageOut] = Field(
+        default_factory=list,
+        description="Per model with fingerprints: the share of pallets it covers (cached 60 s).",
+    )

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 from app.db.migrations import head_revisions
 from app.errors import ServiceNotReadyError
 from app.health.repository import HealthRepository
-from app.health.schemas import DecisionParametersOut, GeometryOut, Readiness
+from app.health.schemas import DecisionParametersOut, GeometryOut, ModelCoverageOut, Readiness
+from app.images.reindex import CoverageCache, ModelCoverage
 from app.matching.parameters import DecisionParametersInForce
 from app.model_runner import ModelRunner
 
@@ -18,13 +19,17 @@ logger = logging.getLogger(__name__)
 
 
 def check_readiness(
-    session: Session, model: ModelRunner | None, decision: DecisionParametersInForce | None
+    session: Session,
+    model: ModelRunner | None,
+    decision: DecisionParametersInForce | None,
+    coverage: CoverageCache | None = None,
 ) -> Readiness:
     """Run every check; raise ``ServiceNotReadyError`` (503) naming all that failed."""
     repository = HealthRepository(session)
     problems: list[str] = []
     current: set[str] = set()
     column_dim: int | None = None
+    covered: list[ModelCoverage] = []
     try:
         repository.ping()
         current, head = repository.revisions(), head_revisions()
@@ -32,6 +37,7 @@ def check_readiness(
             problems.append(f"database schema at {sorted(current)}, migrations head is {sorted(head)}")
         else:
             column_dim = repository.embedding_column_dim()
+            covered = coverage.current(session) if coverage is not None else []
             if column_dim is None:
                 problems.append("fingerprints.embedding column missing")
     except SQLAlchemyError as error:
@@ -69,4 +75,8 @@ def check_readiness(
             source=decision.source,
             overridden=list(decision.overridden),
         ),
+        model_coverage=[
+            ModelCoverageOut(model_id=item.model_id, pallets=item.pallets, share=item.share)
+            for item in covered
+        ],
     )

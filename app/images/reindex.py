@@ -11,6 +11,8 @@ merge or detach that ran meanwhile is respected.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,10 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from sqlalchemy import and_, exists, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.db.session import unit_of_work
 from app.db.tables import BlockImage, Event, Fingerprint, Pallet, PalletStatus
+from app.errors import ConfigurationError
 from app.images.store import ImageStore
 from app.matching.repository import FingerprintRepository
 from models.runtime.images import ImageRejectedError, decode_image
@@ -94,14 +98,24 @@ class ReindexRepository:
         )
         return set(rows)
 
-    def coverage(self) -> list[ModelCoverage]:
-        """Per model, the share of pallets (not merged) that have its fingerprints."""
-        total = (
+    def coverage_of(self, model_id: str) -> ModelCoverage:
+        """The share of pallets (not merged) that have fingerprints of ``model_id`` (1.0 without pallets)."""
+        for item in self.coverage():
+            if item.model_id == model_id:
+                return item
+        return ModelCoverage(model_id=model_id, pallets=0, share=0.0 if self._live_pallets() else 1.0)
+
+    def _live_pallets(self) -> int:
+        return (
             self._session.scalar(
                 select(func.count()).select_from(Pallet).where(Pallet.status != PalletStatus.MERGED.value)
             )
             or 0
         )
+
+    def coverage(self) -> list[ModelCoverage]:
+        """Per model, the share of pallets (not merged) that have its fingerprints."""
+        total = self._live_pallets()
         rows = self._session.execute(
             select(Fingerprint.model_id, func.count(Fingerprint.pallet_id.distinct()))
             .group_by(Fingerprint.model_id)
@@ -219,3 +233,47 @@ def _write(
             offset += count
         FingerprintRepository(session).add_all(rows)
     return events, len(rows)
+
+
+class CoverageCache:
+    """Coverage per model, recomputed at most every ``ttl_seconds``: it counts over all fingerprints, too
+    much work for every readiness probe."""
+
+    def __init__(self, ttl_seconds: float = 60.0) -> None:
+        self._ttl = ttl_seconds
+        self._lock = threading.Lock()
+        self._value: list[ModelCoverage] | None = None
+        self._computed_at = 0.0
+
+    def current(self, session: Session) -> list[ModelCoverage]:
+        with self._lock:
+            now = time.monotonic()
+            if self._value is None or now - self._computed_at > self._ttl:
+                self._value = ReindexRepository(session).coverage()
+                self._computed_at = now
+            return self._value
+
+
+def check_model_coverage(
+    session_factory: Callable[[], Session], model_id: str, *, allow_partial: bool
+) -> None:
+    """Refuse (``ConfigurationError``) to serve a model without fingerprints of every known pallet: those
+    pallets could no longer be identified. Unless ``allow_partial``; a database that cannot be asked yet is
+    left to the readiness probe."""
+    try:
+        with session_factory() as session:
+            coverage = ReindexRepository(session).coverage_of(model_id)
+    except SQLAlchemyError as error:
+        logger.warning("model coverage not checked (%s); see /readyz", type(error).__name__)
+        return
+    if coverage.share >= 1.0:
+        return
+    message = (
+        f"model {model_id} has fingerprints of {coverage.pallets} pallets, "
+        f"{100 * coverage.share:.1f} % of those known: the others could not be identified. "
+        "Run `palletreid reindex --checkpoint <this model>` first, "
+        "or set PALLETREID_ALLOW_PARTIAL_COVERAGE=true to serve anyway"
+    )
+    if not allow_partial:
+        raise ConfigurationError(message)
+    logger.warning("serving anyway (PALLETREID_ALLOW_PARTIAL_COVERAGE): %s", message)

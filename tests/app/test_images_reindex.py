@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 import torch
-from api_testkit import block_files, noise_blocks
+from api_testkit import FreshDatabase, block_files, noise_blocks
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from app.cli import main
+from app.db.migrations import upgrade_to_head
 from app.db.tables import BlockImage, Fingerprint
+from app.errors import ConfigurationError
 from app.images.reindex import ReindexRepository, reindex
 from app.images.store import ImageStore
 from app.main import create_app
@@ -140,3 +142,49 @@ def test_reindex_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--checkpoint" in out and "--batch-size" in out and "--threads" in out
+
+
+def test_a_model_without_every_pallet_is_refused_until_reindexed(
+    fresh_database: FreshDatabase,
+    tiny_checkpoint: Path,
+    second_checkpoint: Path,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    images = tmp_path / "images"
+    with fresh_database() as url:
+        upgrade_to_head(url)
+        with TestClient(create_app(make_settings(url, tiny_checkpoint, image_store=images))) as old:
+            for seed in (111, 112):
+                post(old, "/v1/receipts", noise_blocks(seed, count=2))
+            old_model = old.get("/readyz").json()["model"]
+            assert old.get("/readyz").json()["model_coverage"] == [
+                {"model_id": old_model, "pallets": 2, "share": 1.0}
+            ]
+
+        refused = create_app(make_settings(url, second_checkpoint, image_store=images))
+        with pytest.raises(ConfigurationError, match="palletreid reindex"), TestClient(refused):
+            pass
+        forced = make_settings(url, second_checkpoint, image_store=images, allow_partial_coverage=True)
+        with TestClient(create_app(forced)) as partial:
+            assert [item["model_id"] for item in partial.get("/readyz").json()["model_coverage"]] == [
+                old_model
+            ]
+
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("PALLETREID_IMAGE_STORE", str(images))
+        command = ["reindex", "--checkpoint", str(second_checkpoint), "--batch-size", "1", "--threads", "1"]
+        assert main(command) == 0
+        out = capsys.readouterr().out
+        assert "2 events fingerprinted (4 blocks), 0 without their images" in out
+        assert "2 pallets, 100.0 % covered" in out
+
+        with TestClient(create_app(make_settings(url, second_checkpoint, image_store=images))) as switched:
+            ready = switched.get("/readyz").json()
+            assert {item["model_id"]: item["share"] for item in ready["model_coverage"]} == {
+                old_model: 1.0,
+                ready["model"]: 1.0,
+            }
+            assert post(switched, "/v1/dispatches", noise_blocks(112, count=2))["decision"] == "matched"
