@@ -122,6 +122,25 @@ class InvalidCursorError(InvalidRequestError):
     error_type = "invalid_cursor"
 
 
+class SubscriptionNotFoundError(NotFoundError):
+    """No webhook subscription with this id."""
+
+    error_type = "subscription_not_found"
+
+
+class DeliveryNotFoundError(NotFoundError):
+    """No webhook delivery with this id."""
+
+    error_type = "delivery_not_found"
+
+
+class DeliveryNotDeadError(PalletReidError):
+    """Only dead letters can be redelivered (pending ones are still being tried, delivered ones arrived)."""
+
+    status_code = 409
+    error_type = "delivery_not_dead"
+
+
 class IdempotencyConflictError(PalletReidError):
     """The Idempotency-Key was used for a different request."""
 

@@ -28,6 +28,8 @@ from app.pallets.router import router as pallets_router
 from app.reviews.router import event_corrections_router, pallet_corrections_router, reviews_router
 from app.security import KeyRing, warn_auth_disabled
 from app.settings import MAX_FORM_FIELDS, Settings
+from app.webhooks.dispatcher import start_worker as start_webhook_worker
+from app.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.model_runner = runner
     app.state.matching_config = matching_config
     app.state.decision_parameters = decision
+    webhook_worker = start_webhook_worker(settings, engine)
     if not app.state.key_ring.enabled:
         warn_auth_disabled()
     logger.info(
@@ -127,6 +130,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if webhook_worker is not None:
+            webhook_worker.stop()
         app.state.model_runner = None
         runner.close()
         engine.dispose()
@@ -161,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pallets_router,
         events_router,
         epcis_router,
+        webhooks_router,
         images_router,
         reviews_router,
         pallet_corrections_router,

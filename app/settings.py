@@ -155,6 +155,15 @@ class Settings(BaseSettings):
         description="EPCIS: prefix of locations (loc:), business transactions (bt:) and event ids (event:).",
     )
 
+    webhook_worker: bool = Field(default=True, description="Send webhook deliveries from this process.")
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100, description="Attempts before a dead letter.")
+    webhook_backoff_seconds: float = Field(
+        default=2.0, gt=0, description="First retry delay; doubles per attempt, with jitter."
+    )
+    webhook_backoff_max_seconds: float = Field(default=600.0, gt=0, description="Longest retry delay.")
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, description="Per delivery attempt.")
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, description="Worker pause when nothing is due.")
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_api_keys(cls, value: object) -> object:

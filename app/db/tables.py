@@ -25,6 +25,7 @@ from sqlalchemy import (
     false,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -186,6 +187,61 @@ class Fingerprint(Base):
     embedding: Mapped[np.ndarray] = mapped_column(HALFVEC(EMBEDDING_DIM))
     local_features: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Local features of the block (``LocalFeatures.to_bytes``); null if recorded before revision 0002."""
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    """Gave up after the last attempt: listed as a dead letter until redelivered."""
+
+
+class WebhookSubscription(Base):
+    """A receiver of events: where to POST them, the HMAC secret, and which kinds and sites it wants."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(200))
+    """Shared with the receiver to sign deliveries (HMAC-SHA256); never returned after creation."""
+    event_kinds: Mapped[list[str] | None] = mapped_column(ARRAY(String(16)))
+    """Null: every kind."""
+    sites: Mapped[list[str] | None] = mapped_column(ARRAY(String(200)))
+    """Null: every site (events without a site included)."""
+    active: Mapped[bool] = mapped_column(Boolean, server_default=true(), default=True)
+    description: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    """The transactional outbox: one row per event and subscription, written with the event, sent later."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_check_in("status", DeliveryStatus), name="status"),
+        Index(
+            "ix_webhook_deliveries_pending",
+            "subscription_id",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_webhook_deliveries_dead", "id", postgresql_where=text("status = 'dead'")),
+        Index("ix_webhook_deliveries_event_id", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_subscriptions.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), server_default=DeliveryStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class IdempotencyKey(Base):

@@ -18,7 +18,16 @@ from app.main import create_app
 from app.settings import Settings
 
 SettingsFactory = Callable[..., Settings]
-TABLES = {"pallets", "events", "fingerprints", "idempotency_keys", "block_images", "reviews"}
+TABLES = {
+    "pallets",
+    "events",
+    "fingerprints",
+    "idempotency_keys",
+    "block_images",
+    "reviews",
+    "webhook_subscriptions",
+    "webhook_deliveries",
+}
 
 
 def _schema(url: str) -> tuple[set[str], set[str], int | None]:
