@@ -20,6 +20,8 @@ URI_PREFIX_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]*$"
 
 MAX_FORM_FIELDS = 32
 """Non-file fields a receipt/dispatch form may have: its 12 named fields with damage codes repeated."""
+FORM_FIELD_BYTES_BUDGET = 16
+"""Full-size form fields the request-body limit leaves room for (fields are short: codes, references)."""
 
 
 class Settings(BaseSettings):
@@ -182,4 +184,4 @@ class Settings(BaseSettings):
     @property
     def max_request_bytes(self) -> int:
         """Largest acceptable request body: every allowed block at its size limit plus the form fields."""
-        return self.max_blocks * self.max_image_bytes + MAX_FORM_FIELDS * self.max_form_field_bytes
+        return self.max_blocks * self.max_image_bytes + FORM_FIELD_BYTES_BUDGET * self.max_form_field_bytes
