@@ -119,17 +119,33 @@ def _wait_ready(server: RunningServer, process: subprocess.Popen[bytes], timeout
 @dataclass(frozen=True)
 class DispatchOutcome:
     seconds: float
+    """From the first attempt to the final answer, waits after ``503 overloaded`` included."""
     status: int
     pallet_id: str | None
+    overloaded_retries: int = 0
+
+
+MAX_OVERLOADED_RETRIES = 30
 
 
 async def _post_dispatch(client: httpx.AsyncClient, blocks: Sequence[bytes]) -> DispatchOutcome:
+    """One dispatch as a camera station sends it: refused with ``503 overloaded``, it waits ``Retry-After``
+    seconds and sends it again (nothing was stored), up to ``MAX_OVERLOADED_RETRIES`` times."""
     files = [("blocks", (f"block{position}.jpg", blob, "image/jpeg")) for position, blob in enumerate(blocks)]
     started = time.perf_counter()
-    response = await client.post("/v1/dispatches", files=files)
+    retries = 0
+    while True:
+        response = await client.post("/v1/dispatches", files=files)
+        overloaded = response.status_code == 503 and response.json().get("type") == "overloaded"
+        if not overloaded or retries == MAX_OVERLOADED_RETRIES:
+            break
+        retries += 1
+        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
     seconds = time.perf_counter() - started
     pallet_id = response.json().get("pallet_id") if response.status_code == 201 else None
-    return DispatchOutcome(seconds=seconds, status=response.status_code, pallet_id=pallet_id)
+    return DispatchOutcome(
+        seconds=seconds, status=response.status_code, pallet_id=pallet_id, overloaded_retries=retries
+    )
 
 
 async def _load(
@@ -176,6 +192,7 @@ def http_dispatch_load(
         "requests": len(outcomes),
         "failed": failed,
         "pallets_per_s": round(len(ok) / wall_s, 2),
+        "overloaded_retries": sum(outcome.overloaded_retries for _, outcome in outcomes),
         "matched_expected_pallet": round(matched / len(outcomes), 3),
         **latency_summary([outcome.seconds for outcome in ok]),
     }
