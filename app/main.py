@@ -25,7 +25,9 @@ from app.matching.router import router as matching_router
 from app.matching.service import MatchingConfig
 from app.model_runner import ModelRunner
 from app.pallets.router import router as pallets_router
+from app.reviews.page import router as review_page_router
 from app.reviews.router import event_corrections_router, pallet_corrections_router, reviews_router
+from app.reviews.session import SessionSigner
 from app.security import KeyRing, warn_auth_disabled
 from app.settings import MAX_FORM_FIELDS, Settings
 from app.webhooks.dispatcher import start_worker as start_webhook_worker
@@ -158,6 +160,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.decision_parameters = None
     app.state.image_store = ImageStore(settings.image_store_path)
     app.state.model_coverage = CoverageCache()
+    secret = settings.review_session_secret
+    app.state.review_sessions = SessionSigner(
+        secret.get_secret_value().encode() if secret is not None else None
+    )
     install_error_handlers(app)
     install_error_schema(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
@@ -171,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reviews_router,
         pallet_corrections_router,
         event_corrections_router,
+        review_page_router,
         calibration_router,
         health_router,
     ):

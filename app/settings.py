@@ -135,6 +135,10 @@ class Settings(BaseSettings):
         default=None,
         description="Folder of the stored block images (content-addressed); unset means <data_dir>/images.",
     )
+    review_session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs /review login cookies; set it for several workers (unset: random per process).",
+    )
     allow_partial_coverage: bool = Field(
         default=False,
         description="Serve a model that lacks fingerprints of some known pallets (see palletreid reindex).",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
@@ -74,3 +75,12 @@ class BlockImageRepository:
             delete(BlockImage).where(BlockImage.event_id.in_(list(event_ids))).returning(BlockImage.sha256)
         )
         return list(deleted)
+
+    def latest_of_pallet(self, pallet_id: uuid.UUID) -> list[BlockImage]:
+        """The images of the pallet's most recent event that has any, in position order."""
+        latest = self._session.scalar(
+            select(func.max(BlockImage.event_id))
+            .join(Event, Event.id == BlockImage.event_id)
+            .where(Event.pallet_id == pallet_id)
+        )
+        return self.for_event(latest) if latest is not None else []
