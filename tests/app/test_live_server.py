@@ -52,7 +52,10 @@ def live_server(
     migrated_database: str, tiny_checkpoint: Path, make_settings: Callable[..., Settings]
 ) -> Iterator[str]:
     """uvicorn serving the app in a thread on 127.0.0.1; yields its base URL."""
-    app = create_app(make_settings(migrated_database, tiny_checkpoint, db_pool_size=8))
+    # Every request in flight may wait for the model (none is refused with 503 overloaded).
+    app = create_app(
+        make_settings(migrated_database, tiny_checkpoint, db_pool_size=8, max_queued_requests=IN_FLIGHT)
+    )
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, workers=1))
     thread = threading.Thread(target=server.run, name="uvicorn-under-test", daemon=True)
@@ -169,6 +172,7 @@ def test_killing_the_server_mid_request_leaves_no_partial_rows(
         "DATABASE_URL": migrated_database,
         "PALLETREID_MODEL_PATH": str(tiny_checkpoint),
         "PALLETREID_MODEL_THREADS": "1",
+        "PALLETREID_MAX_QUEUED_REQUESTS": str(IN_FLIGHT),
         # The random-weight test model carries no calibrated decision parameters: all three thresholds.
         "PALLETREID_BLOCK_THRESHOLD": "0.995",
         "PALLETREID_MIN_VOTES": "2",
