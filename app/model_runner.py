@@ -149,7 +149,8 @@ class ModelRunner:
         """Fingerprints and local features of ``images``, computed at the same time, awaited off the loop.
 
         Raises :class:`ModelOverloadedError` at once when ``max_queued`` requests are already admitted. A
-        request stays admitted until its forward has finished, even if its client went away meanwhile.
+        request stays admitted until its forward has finished, even if its client went away meanwhile (one
+        still waiting for the model when it is cancelled leaves the queue: its forward never runs).
         """
         with self._admission:
             if self._admitted >= self._max_queued:
