@@ -186,10 +186,12 @@ def format_verified(verified: VerifiedLevelReport) -> list[str]:
         )
     largest = verified.gallery_sizes[-1].inliers if verified.gallery_sizes else None
     if largest is not None:
-        genuine, impostor, unknown = largest["genuine"], largest["impostor"], largest["unknown_best"]
+        genuine, impostor = largest["genuine"], largest["impostor"]
+        runner_up, unknown = largest["runner_up"], largest["unknown_best"]
         lines.append(
             f"  inliers at the largest gallery: genuine p1 {genuine['p1']} / median {genuine['median']}; "
             f"best impostor p99.9 {impostor['p99_9']} / max {impostor['max']}; "
+            f"runner-up p99.9 {runner_up['p99_9']} / max {runner_up['max']}; "
             f"unknown best p99.9 {unknown['p99_9']} / max {unknown['max']}"
         )
     return lines
