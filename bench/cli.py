@@ -86,6 +86,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data-dir", type=Path, help="embedded PostgreSQL data directory (default: a temporary directory)"
     )
     parser.add_argument("--threads", type=int, help="torch threads of the bench and the served model")
+    parser.add_argument(
+        "--api-processes",
+        type=int,
+        help="worker processes of the served API in the latency section (default: 1; each gets cores/N "
+        "torch threads unless --threads is given)",
+    )
     parser.add_argument("--output", type=Path, help="also write the JSON result to this file")
     parser.set_defaults(handler=bench)
 
@@ -114,6 +120,7 @@ def bench(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             plots_dir=args.plots,
             threads=args.threads,
+            api_processes=args.api_processes,
         )
     except ValueError as error:
         logger.error("%s", error)

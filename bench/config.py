@@ -54,6 +54,8 @@ class BenchConfig:
     data_dir: Path | None = None
     plots_dir: Path | None = None
     threads: int | None = None
+    api_processes: int = 1
+    """API worker processes of the served app in the latency section (``palletreid serve --workers``)."""
     quick: bool = False
 
     def __post_init__(self) -> None:
@@ -77,6 +79,8 @@ class BenchConfig:
             raise ValueError("requests, real pallets, search queries and variant gallery must be positive")
         if min(self.galleries) < self.real_pallets:
             raise ValueError(f"every gallery must hold at least the {self.real_pallets} real pallets")
+        if self.api_processes < 1:
+            raise ValueError("api processes must be at least 1")
         if self.noise < 0:
             raise ValueError("noise must not be negative")
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 from app.db.session import build_engine, build_session_factory
 from app.db.tables import EventKind
@@ -62,28 +63,34 @@ class RunningServer:
     pid: int
 
     def rss_bytes(self) -> int | None:
-        """Resident memory of the server process (Linux ``/proc``), ``None`` where unavailable."""
+        """Resident memory of the server and its worker processes, ``None`` where unavailable."""
         try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
+            server = psutil.Process(self.pid)
+            return sum(process.memory_info().rss for process in [server, *server.children(recursive=True)])
+        except psutil.Error:
             return None
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return None
 
 
 @contextmanager
 def running_server(
-    database_url: str, checkpoint: Path, *, threads: int | None, startup_timeout_s: float = 300.0
+    database_url: str,
+    checkpoint: Path,
+    *,
+    threads: int | None,
+    processes: int = 1,
+    startup_timeout_s: float = 300.0,
 ) -> Iterator[RunningServer]:
-    """``uvicorn app.main:create_app`` on a free loopback port until the block ends."""
+    """``uvicorn app.main:create_app`` on a free loopback port until the block ends, in ``processes``
+    worker processes (as ``palletreid serve --workers``); without ``threads`` each process gets an equal
+    share of the cores for torch."""
     port = free_port()
     env = {**os.environ, "PALLETREID_DATABASE_URL": database_url, "PALLETREID_MODEL_PATH": str(checkpoint)}
     if threads is not None:
         env["PALLETREID_MODEL_THREADS"] = str(threads)
+    elif processes > 1:
+        env["PALLETREID_MODEL_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
     command = [
-        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--workers", str(processes),
         "--host", LOOPBACK, "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
     process = subprocess.Popen(command, env=env)

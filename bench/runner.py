@@ -253,7 +253,9 @@ def _run_database_sections(
                 section_started = time.perf_counter()
                 if server is None:
                     server = stack.enter_context(
-                        running_server(database_url, checkpoint, threads=config.threads)
+                        running_server(
+                            database_url, checkpoint, threads=config.threads, processes=config.api_processes
+                        )
                     )
                 runs = []
                 for concurrency in config.concurrency:
@@ -286,6 +288,7 @@ def _run_database_sections(
                 )
                 row["latency"] = {
                     "pallets": size,
+                    "api_processes": config.api_processes,
                     "runs": runs,
                     "breakdown": breakdown,
                     "server_rss_bytes": server.rss_bytes(),

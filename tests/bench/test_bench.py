@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -16,6 +17,7 @@ from bench import search
 from bench.config import QUICK, BenchConfig
 from bench.gallery import perturbed_fingerprints
 from bench.growth import log_fit, run_growth
+from bench.latency import running_server
 
 
 def test_quick_bench_runs_every_section_and_cleans_up(
@@ -190,6 +192,22 @@ def test_config_rejects_what_cannot_be_measured() -> None:
         BenchConfig(galleries=(10,), real_pallets=48)
     with pytest.raises(ValueError, match="variant"):
         BenchConfig(embedding_variants=("int8",))
+    with pytest.raises(ValueError, match="api processes"):
+        BenchConfig(api_processes=0)
+
+
+def test_the_served_api_runs_in_the_requested_number_of_processes(
+    tiny_checkpoint: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``--api-processes`` starts: uvicorn workers sharing the cores, all counted in the memory."""
+    for name, value in (("BLOCK_THRESHOLD", "0.995"), ("MIN_VOTES", "3"), ("SCORE_THRESHOLD", "0.995")):
+        monkeypatch.setenv(f"PALLETREID_{name}", value)
+    with running_server(database_url, tiny_checkpoint, threads=None, processes=2) as server:
+        workers = psutil.Process(server.pid).children()
+        assert len([w for w in workers if "spawn_main" in " ".join(w.cmdline())]) == 2
+        own = psutil.Process(server.pid).memory_info().rss
+        rss = server.rss_bytes()
+        assert rss is not None and rss > own
 
 
 def test_cli_rejects_bad_lists(capsys: pytest.CaptureFixture[str]) -> None:
