@@ -23,6 +23,8 @@ from app.images.store import ImageStore
 from app.matching.parameters import decision_parameters_in_force
 from app.matching.router import router as matching_router
 from app.matching.service import MatchingConfig
+from app.metrics.middleware import MetricsMiddleware
+from app.metrics.router import router as metrics_router
 from app.model_runner import ModelRunner
 from app.pallets.router import router as pallets_router
 from app.reviews.page import router as review_page_router
@@ -167,12 +169,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_error_schema(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware)  # outermost: counts refusals of the body limit too
     for router in (
         matching_router,
         pallets_router,
         events_router,
         epcis_router,
         webhooks_router,
+        metrics_router,
         images_router,
         reviews_router,
         pallet_corrections_router,

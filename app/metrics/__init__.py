@@ -1,0 +1,1 @@
+"""Prometheus metrics: requests and latency, decisions, reviews, the impostor tail, webhook backlog."""
