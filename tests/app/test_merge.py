@@ -3,14 +3,22 @@ database: what moves, what the histories and the feed show, idempotency, refusal
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from api_testkit import block_files, noise_blocks
+from api_testkit import FreshDatabase, block_files, noise_blocks
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, create_engine, func, select, text
 
+from app.db.migrations import upgrade_to_head
 from app.db.tables import Event, Fingerprint, Pallet
+from app.main import create_app
+from app.matching.repository import IDENTIFICATION_LOCK_KEY
+from app.settings import Settings
 
 
 def receipt(client: TestClient, blobs: list[bytes], **data: str) -> dict[str, Any]:
@@ -198,3 +206,36 @@ def test_detach_refusals_and_idempotency(client: TestClient, connection: Connect
     not_a_recording = client.post(f"/v1/events/{detach_event}/detach")
     assert not_a_recording.status_code == 409 and not_a_recording.json()["type"] == "detach_conflict"
     assert connection.scalar(select(func.count()).select_from(Event).where(Event.kind == "detach")) == 2
+
+
+def test_a_merge_waits_for_a_recording_in_progress(
+    fresh_database: FreshDatabase,
+    tiny_checkpoint: Path,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    """A correction takes the identification lock: while a recording holds it, the merge waits."""
+    with fresh_database() as url:
+        upgrade_to_head(url)
+        app = create_app(make_settings(url, tiny_checkpoint, image_store=tmp_path / "images"))
+        with TestClient(app) as client:
+            _, survivor, merged = two_identities(client, seed=77)
+            engine = create_engine(url)
+            with engine.connect() as recording, ThreadPoolExecutor(max_workers=1) as pool:
+                transaction = recording.begin()
+                recording.execute(select(func.pg_advisory_xact_lock(IDENTIFICATION_LOCK_KEY)))
+                pending = pool.submit(
+                    client.post,
+                    f"/v1/pallets/{merged['pallet_id']}/merge",
+                    json={"into": survivor["pallet_id"]},
+                )
+                time.sleep(1.0)
+                assert not pending.done(), "the merge must wait for the lock"
+                status = recording.execute(
+                    select(Pallet.status).where(Pallet.id == uuid.UUID(merged["pallet_id"]))
+                ).scalar_one()
+                assert status == "in_stock"
+                transaction.commit()
+                assert pending.result(timeout=30).status_code == 200
+            engine.dispose()
+            assert client.get(f"/v1/pallets/{merged['pallet_id']}").json()["status"] == "merged"
