@@ -6,11 +6,13 @@ back afterwards). Every response must pass all of schemathesis' checks: no 5xx, 
 content types and headers, bodies matching the declared schemas (errors included), invalid input
 rejected, valid input accepted, and no access without the key.
 
-Documented exceptions (docs/api.md, "The OpenAPI document"): a schema-valid request may still be refused
+A stateful run then chains operations along the links schemathesis infers (an id in one response is a path
+parameter of another: create, read, change and delete a subscription; flag, detach or merge what a receipt
+recorded) with the same checks, use-after-free included.
+
+Documented exception (docs/api.md, "The OpenAPI document"): a schema-valid request may still be refused
 with one of ``SCHEMA_CANNOT_SAY`` — an opaque cursor the API did not issue, block files that are not images,
-a time outside 1970..9000 — because JSON Schema cannot express those conditions; and the stateful checks
-(``use_after_free``, ``ensure_resource_availability``) need links between operations, which a read-mostly
-API without deletes does not have.
+a time outside 1970..9000 — because JSON Schema cannot express those conditions.
 """
 
 from __future__ import annotations
@@ -18,20 +20,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis.checks import CHECKS, load_all_checks
+from hypothesis.stateful import run_state_machine_as_test
+from schemathesis.checks import CHECKS, CheckFunction, load_all_checks
+from schemathesis.core.transport import Response
 from schemathesis.generation import GenerationMode
+from schemathesis.generation.case import Case
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app.settings import Settings
 
 EXAMPLES_PER_OPERATION = 25
+STATEFUL_SEQUENCES = 15
+STATEFUL_STEPS = 6
 API_KEY = "fuzzing-admin-key-0123456789"
 
 SCHEMA_CANNOT_SAY = {
@@ -40,7 +47,7 @@ SCHEMA_CANNOT_SAY = {
     "unsupported_image_type": "the same: the schema cannot require image bytes",
     "invalid_request": "block count and similar cross-field rules",
     "validation_error": "times outside 1970..9000 (JSON Schema has no date range), business-field checks "
-    "such as the SSCC check digit",
+    "such as the SSCC check digit, and a null sent as a multipart field (multipart has no null)",
 }
 """Error types with which the service may refuse a schema-valid request, and why."""
 
@@ -48,7 +55,7 @@ BindToTestConnection = Callable[[TestClient], AbstractContextManager[TestClient]
 SettingsFactory = Callable[..., Settings]
 
 load_all_checks()
-ALL_CHECKS = CHECKS.get_all()
+ALL_CHECKS = cast(list[CheckFunction], CHECKS.get_all())  # built-in checks are all functions
 
 
 def _fuzz_targets() -> list[tuple[str, GenerationMode]]:
@@ -129,3 +136,47 @@ def test_the_document_declares_the_one_error_body_for_every_error(client: TestCl
                     assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
             if operation.get("parameters") or operation.get("requestBody"):
                 assert "validation_error" in operation["responses"]["422"]["description"], (method, path)
+
+
+def test_stateful_sequences_pass_every_check(
+    authenticated_app: TestClient, bind_to_test_connection: BindToTestConnection
+) -> None:
+    """Sequences that feed one response into the next request (links schemathesis infers: a created
+    subscription read, changed and deleted; a registered pallet's history), with the same checks, so
+    use-after-free and resource availability are checked too."""
+    with bind_to_test_connection(authenticated_app) as client:
+        schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+        headers = {"X-API-Key": API_KEY}
+
+        class Sequences(schema.as_state_machine()):  # type: ignore[misc]
+            def get_call_kwargs(self, case: Case) -> dict[str, Any]:
+                return {"headers": headers}
+
+            def validate_response(
+                self, response: Response, case: Case, additional_checks: Any = None, **kwargs: Any
+            ) -> None:
+                body = response.json() if response.status_code >= 400 else None
+                excluded: list[CheckFunction] = (
+                    [positive_data_acceptance] if _refused_for_a_documented_reason(body) else []
+                )
+                case.validate_response(
+                    response,
+                    checks=ALL_CHECKS,
+                    excluded_checks=excluded,
+                    headers=headers,
+                    transport_kwargs=kwargs,
+                )
+                if body is not None:
+                    assert set(body) == {"type", "detail"}, body
+
+        run_state_machine_as_test(
+            Sequences,
+            settings=settings(
+                max_examples=STATEFUL_SEQUENCES,
+                stateful_step_count=STATEFUL_STEPS,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
