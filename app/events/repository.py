@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.db.tables import Event, IdempotencyKey
+from app.webhooks.repository import WebhookRepository
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,11 @@ class EventRepository:
         self._session = session
 
     def add(self, event: Event) -> Event:
+        """Store ``event`` with its webhook deliveries (the outbox), in the caller's transaction: every
+        event that commits, recording or correction, is delivered; one that rolls back never is."""
         self._session.add(event)
         self._session.flush()
+        WebhookRepository(self._session).enqueue(event)
         return event
 
     def for_pallet(self, pallet_id: uuid.UUID, *, before_id: int | None, limit: int) -> list[Event]:

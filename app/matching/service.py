@@ -50,7 +50,6 @@ from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult, Verifi
 from app.model_runner import BlockAnalysis
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
-from app.webhooks.repository import WebhookRepository
 from models.runtime.local_features import LocalFeatures
 from models.runtime.thresholds import DecisionParameters
 from models.runtime.voting import (
@@ -173,7 +172,6 @@ class MatchingService:
         self._pallets = PalletRepository(session)
         self._events = EventRepository(session)
         self._fingerprints = FingerprintRepository(session)
-        self._outbox = WebhookRepository(session)
 
     def record(
         self,
@@ -253,7 +251,6 @@ class MatchingService:
                 ),
             )
         )
-        self._outbox.enqueue(event)  # webhook deliveries commit with the event, or not at all
         self._fingerprints.add_all(
             [
                 Fingerprint(

@@ -97,6 +97,18 @@ def test_the_outbox_row_is_written_with_the_event_for_matching_subscriptions(
     assert client.get(f"/v1/webhooks/{every['id']}").json()["pending"] == 3
 
 
+def test_corrections_are_delivered_too(client: TestClient, session: Session) -> None:
+    client.post("/v1/webhooks", json={"url": "https://b.example.com/"})
+    kept = client.post("/v1/receipts", files=block_files(noise_blocks(1404, 3))).json()
+    twin = client.post("/v1/receipts", files=block_files(noise_blocks(1405, 3))).json()
+    merge = client.post(f"/v1/pallets/{twin['pallet_id']}/merge", json={"into": kept["pallet_id"]}).json()
+    assert [d.event_id for d in _deliveries(session)] == [
+        kept["event_id"],
+        twin["event_id"],
+        merge["event_id"],
+    ]
+
+
 def test_a_recording_that_fails_after_the_outbox_write_leaves_no_delivery(
     client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
