@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +23,10 @@ from sqlalchemy.orm import Session
 from app.db.migrations import upgrade_to_head
 from app.db.session import build_session_factory, unit_of_work
 from app.db.tables import DeliveryStatus, EventKind, WebhookDelivery
+from app.main import create_app
 from app.matching.repository import FingerprintRepository
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
+from app.settings import Settings
 from app.webhooks.dispatcher import DeliveryPolicy, WebhookDispatcher, WebhookWorker
 from app.webhooks.schemas import SubscriptionIn
 from app.webhooks.service import WebhookService
@@ -261,3 +264,21 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
         delays = [policy.delay(attempts, rng) for _ in range(200)]
         assert all(ceiling / 2 <= delay < ceiling for delay in delays), attempts
         assert max(delays) - min(delays) > ceiling / 4, "jittered"
+
+
+def test_the_service_delivers_from_its_lifespan_worker(
+    fresh_database: Callable[..., Any], tiny_checkpoint: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """End to end: subscribe over the API, post a receipt, the worker the app started delivers it."""
+    with fresh_database() as url, Receiver([], slow_seconds=0) as receiver:
+        upgrade_to_head(url)
+        settings = make_settings(url, tiny_checkpoint, webhook_poll_seconds=0.05)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            created = client.post("/v1/webhooks", json={"url": receiver.url, "secret": SECRET})
+            assert created.status_code == 201, created.text
+            receipt = client.post("/v1/receipts", files=block_files(noise_blocks(1420, 3)))
+            assert receipt.status_code == 201, receipt.text
+            _wait(lambda: len(receiver.accepted()) == 1)
+            subscription = client.get(f"/v1/webhooks/{created.json()['id']}").json()
+        assert receiver.accepted()[0]["event"]["id"] == receipt.json()["event_id"]
+        assert (subscription["pending"], subscription["dead"]) == (0, 0)
