@@ -26,6 +26,7 @@ from app.events.repository import EventRepository
 from app.images.dependencies import ImageStoreDep
 from app.images.repository import BlockImageRepository
 from app.images.service import BlockImageService
+from app.pallets.repository import PalletRepository
 from app.reviews.service import CorrectionService, ReviewService
 from app.reviews.session import COOKIE_NAME, SESSION_SECONDS, ReviewSession, SessionSigner
 from app.security import ANONYMOUS, KeyRing, Role
@@ -104,6 +105,7 @@ def queue(
         cookie = None
     page = ReviewService(session).list(resolved=False, limit=QUEUE_PAGE_SIZE, cursor=None)
     images = BlockImageRepository(session)
+    pallets = PalletRepository(session)
     items: list[dict[str, Any]] = []
     for review in page.data:
         result = review.model_dump(mode="json")
@@ -112,10 +114,7 @@ def queue(
                 "review": result,
                 "blocks": [row.position for row in images.for_event(review.event_id)],
                 "similarities": _block_similarities(session, review.event_id),
-                "candidates": [
-                    {**candidate, "blocks": _latest_blocks(images, uuid.UUID(candidate["pallet_id"]))}
-                    for candidate in result["candidates"]
-                ],
+                "candidates": [_candidate(pallets, images, candidate) for candidate in result["candidates"]],
             }
         )
     geometry = (
@@ -194,7 +193,18 @@ def _block_similarities(session: Session, event_id: int) -> dict[int, float | No
     return {block["position"]: block.get("similarity") for block in blocks}
 
 
-def _latest_blocks(images: BlockImageRepository, pallet_id: uuid.UUID) -> list[dict[str, int]]:
-    return [
-        {"event_id": row.event_id, "position": row.position} for row in images.latest_of_pallet(pallet_id)
-    ]
+def _candidate(
+    pallets: PalletRepository, images: BlockImageRepository, candidate: dict[str, Any]
+) -> dict[str, Any]:
+    """A candidate with the stored blocks of its latest event; one merged since is shown as its survivor."""
+    pallet_id = uuid.UUID(candidate["pallet_id"])
+    pallet = pallets.get(pallet_id)
+    survivor = pallet.merged_into if pallet is not None and pallet.merged_into is not None else None
+    shown = survivor or pallet_id
+    blocks = [{"event_id": row.event_id, "position": row.position} for row in images.latest_of_pallet(shown)]
+    return {
+        **candidate,
+        "pallet_id": str(shown),
+        "merged_from": str(pallet_id) if survivor is not None else None,
+        "blocks": blocks,
+    }

@@ -139,3 +139,17 @@ def test_without_keys_the_page_opens_directly(client: TestClient, tmp_path: Path
     assert page.status_code == 200 and "Logged in as anonymous" in page.text
     assert COOKIE_NAME in page.headers.get("set-cookie", ""), "a session for the CSRF token"
     client.cookies.clear()
+
+
+def test_a_candidate_merged_since_is_shown_as_its_survivor(browser: TestClient) -> None:
+    api = {"X-API-Key": ADMIN_KEY}
+    known, _ = flagged_review(browser, 123, api)
+    other = browser.post("/v1/receipts", files=block_files(noise_blocks(124, count=2)), headers=api).json()
+    assert (
+        browser.post(f"/v1/pallets/{known}/merge", json={"into": other["pallet_id"]}, headers=api).status_code
+        == 200
+    )
+    browser.post("/review/login", data={"api_key": ADMIN_KEY})
+    html = browser.get("/review").text
+    assert f"was {known}, merged" in html and other["pallet_id"] in html
+    assert html.count('alt="candidate block') == 2, "the blocks of the survivor's latest event"
