@@ -6,6 +6,10 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fingerprint model for --identify (default: the shipped one)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--sheet",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also write the drawn images as one contact sheet",
+    )
+    parser.add_argument("--sheet-width", type=int, default=640, help="width of each image on the sheet")
+    parser.add_argument("--sheet-colours", type=int, default=0, help="reduce the sheet to this many colours")
     parser.set_defaults(handler=run)
 
 
@@ -92,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("wrote %s", path)
         return 0
     results = {}
+    drawings = []
     for path in args.images:
         try:
             image = load_image_file(path)
@@ -113,8 +127,28 @@ def run(args: argparse.Namespace) -> int:
             )
             crop.save(args.out / f"{path.stem}_block{order}.png")
         drawn.save(args.out / f"{path.stem}_boxes.png")
+        drawings.append(drawn)
         results[str(path)] = [detection.to_dict() for detection in detections]
         logger.info("%s: %d blocks", path, len(detections))
     (args.out / "detections.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.sheet is not None:
+        _contact_sheet(drawings, args.sheet_width, args.sheet_colours).save(args.sheet, optimize=True)
+        logger.info("wrote %s", args.sheet)
     print(args.out)
     return 0
+
+
+def _contact_sheet(images: list[Image.Image], width: int, colours: int) -> Image.Image:
+    """The images scaled to ``width``, two per row."""
+    from PIL import Image
+
+    tiles = [image.resize((width, round(image.height * width / image.width))) for image in images]
+    height = max(tile.height for tile in tiles)
+    columns = min(2, len(tiles))
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (columns * width, rows * height), (255, 255, 255))
+    for index, tile in enumerate(tiles):
+        sheet.paste(tile, ((index % columns) * width, (index // columns) * height))
+    if colours:
+        return sheet.quantize(colours, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    return sheet

@@ -381,6 +381,7 @@ def save_detector(
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     save_file(state, str(temporary), metadata=final.to_header())
+    temporary.chmod(0o644)
     temporary.replace(path)
     logger.info("saved block detector %s (%s)", path, final.model_id)
     return final

@@ -211,7 +211,10 @@ def test_cli_help_and_detect(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     image = tmp_path / "side.jpg"
     Image.new("RGB", (256, 160), (90, 70, 50)).save(image)
     out = tmp_path / "out"
-    assert main(["detect", str(image), "--out", str(out), "--detector", str(detector)]) == 0
+    sheet = tmp_path / "sheet.png"
+    arguments = ["detect", str(image), str(image), "--out", str(out), "--detector", str(detector)]
+    assert main([*arguments, "--sheet", str(sheet), "--sheet-width", "100", "--sheet-colours", "16"]) == 0
+    assert Image.open(sheet).size == (200, 62)  # two 256x160 images at width 100
     found = json.loads((out / "detections.json").read_text())[str(image)]
     assert len(found) == 2
     assert (out / "side_boxes.png").is_file()
