@@ -83,10 +83,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if args.evaluate is not None:
-        from models.synth.sides.dataset import read_annotations
+        from models.training.detector_annotations import read_annotations
         from models.training.detector_metrics import evaluate_detector
 
-        views = read_annotations(args.evaluate)[: args.limit]
+        try:
+            views = read_annotations(args.evaluate)[: args.limit]
+        except ValueError as error:
+            logger.error("%s", error)
+            return 2
         report = evaluate_detector(detector, views, total=len(views))
         report["data"] = str(args.evaluate)
         report["detector"] = detector.metadata.model_id

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from models.runtime.detector import CORNER_UNIT, STRIDE
 from models.runtime.images import load_image_file
-from models.synth.sides.dataset import AnnotatedView
+from models.training.detector_annotations import AnnotatedView
 
 GAUSSIAN_ALPHA = 0.54
 """Heatmap spread: sigma = alpha x size / 6 along each axis (TTFNet's elliptical Gaussians)."""

@@ -31,7 +31,7 @@ from models.runtime.detector import (
     save_detector,
     trunk_state_from_imagenet,
 )
-from models.synth.sides.dataset import read_annotations
+from models.training.detector_annotations import read_annotations
 from models.training.detector_data import Augmentation, SideViewDataset, corner_loss, focal_loss
 from models.training.pretrained import fetch as fetch_pretrained
 

@@ -15,8 +15,8 @@ from tqdm import tqdm
 from models.runtime.detector import BlockDetector, Box, Detection, box_iou, crop_blocks
 from models.runtime.images import load_image_file
 from models.runtime.inference import Embedder
-from models.synth.sides.dataset import AnnotatedView
 from models.training.data import BlockImageRecord
+from models.training.detector_annotations import AnnotatedView
 
 IOU_THRESHOLDS = (0.5, 0.75)
 

@@ -18,10 +18,10 @@ from models.synth.sides import (
     TRAINING_BACKGROUNDS,
     SideConfig,
     generate_sides,
-    read_annotations,
     render_side,
 )
 from models.synth.sides.pallet import block_face
+from models.training.detector_annotations import read_annotations
 
 SIZE = (480, 270)
 

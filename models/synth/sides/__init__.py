@@ -5,7 +5,7 @@ crop families (``models.synth.families``), over procedural station backgrounds, 
 forks, lighting, blur and JPEG. Truth: each block's quad and box in pixels, left to right.
 """
 
-from models.synth.sides.dataset import ANNOTATIONS_FILE, SideConfig, generate_sides, read_annotations
+from models.synth.sides.dataset import ANNOTATIONS_FILE, SideConfig, generate_sides
 from models.synth.sides.render import SideBlock, SideView, render_side
 from models.synth.sides.scene import BACKGROUNDS, HELD_OUT_BACKGROUND, TRAINING_BACKGROUNDS
 
@@ -18,6 +18,5 @@ __all__ = [
     "SideConfig",
     "SideView",
     "generate_sides",
-    "read_annotations",
     "render_side",
 ]

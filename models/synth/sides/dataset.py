@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from models.synth.registry import DEFAULT_FAMILY, get_family
 from models.synth.seeding import derive_rng
-from models.synth.sides.render import BLOCK_SIZE, SIDES_KEY, SideBlock, SideView, render_side
+from models.synth.sides.render import BLOCK_SIZE, SIDES_KEY, SideView, render_side
 from models.synth.sides.scene import BACKGROUNDS, TRAINING_BACKGROUNDS
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,10 @@ def _write_pallet(task: tuple[SideConfig, str, int, Path]) -> list[dict[str, Any
 def generate_sides(
     out_dir: Path, config: SideConfig, *, workers: int = 1, progress: bool = True, overwrite: bool = False
 ) -> Path:
-    """Write the views and ``annotations.jsonl`` (one JSON object per image) under ``out_dir``."""
+    """Write the views and ``annotations.jsonl`` (one JSON object per image) under ``out_dir``.
+
+    The format is the one ``models.training.detector_annotations`` reads.
+    """
     out_dir = Path(out_dir)
     annotations = out_dir / ANNOTATIONS_FILE
     if annotations.exists() and not overwrite:
@@ -133,41 +136,3 @@ def generate_sides(
     (out_dir / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     logger.info("wrote %d side views of %d pallets to %s", len(records), len(tasks), out_dir)
     return annotations
-
-
-@dataclass(frozen=True, slots=True)
-class AnnotatedView:
-    """One annotated image of a written dataset."""
-
-    path: Path
-    pallet_id: str
-    side: int
-    family: str
-    background: str
-    width: int
-    height: int
-    blocks: tuple[SideBlock, ...]
-
-
-def read_annotations(root: Path) -> list[AnnotatedView]:
-    """The annotated views of a dataset written by :func:`generate_sides`, in file order."""
-    root = Path(root)
-    views = []
-    with (root / ANNOTATIONS_FILE).open(encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            views.append(
-                AnnotatedView(
-                    path=root / record["path"],
-                    pallet_id=record["pallet_id"],
-                    side=int(record["side"]),
-                    family=record["family"],
-                    background=record["background"],
-                    width=int(record["width"]),
-                    height=int(record["height"]),
-                    blocks=tuple(SideBlock.from_dict(block) for block in record["blocks"]),
-                )
-            )
-    return views

@@ -48,16 +48,6 @@ class SideBlock:
             "visible": round(self.visible, 3),
         }
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SideBlock:
-        return cls(
-            position=int(values["position"]),
-            identity=str(values["identity"]),
-            box=tuple(float(v) for v in values["box"]),  # type: ignore[arg-type]
-            quad=tuple((float(x), float(y)) for x, y in values["quad"]),
-            visible=float(values["visible"]),
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class SideView:
