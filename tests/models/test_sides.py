@@ -21,7 +21,7 @@ from models.synth.sides import (
     render_side,
 )
 from models.synth.sides.pallet import block_face
-from models.training.detector_annotations import read_annotations
+from models.training.detector_annotations import AnnotationError, read_annotations
 
 SIZE = (480, 270)
 
@@ -100,6 +100,12 @@ def test_dataset_files_and_held_out_background(tmp_path: Path) -> None:
     assert annotations.read_bytes() == (tmp_path / "b" / "annotations.jsonl").read_bytes()
     with pytest.raises(FileExistsError):
         generate_sides(tmp_path / "a", config, progress=False)
+    with pytest.raises(AnnotationError, match="does not exist"):
+        read_annotations(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "annotations.jsonl").write_text('{"path": "x.jpg"}\n')
+    with pytest.raises(AnnotationError, match=r"bad/annotations\.jsonl:1"):
+        read_annotations(tmp_path / "bad")
     with pytest.raises(ValueError, match="backgrounds"):
         SideConfig(pallets=1, backgrounds=("moon",))
 
