@@ -56,9 +56,18 @@ def model_path(settings: Settings) -> Path:
     return settings.model_path if settings.model_path is not None else DEFAULT_CHECKPOINT
 
 
+def detector_path(settings: Settings) -> Path:
+    """The block detector for side views: ``PALLETREID_DETECTOR_PATH`` or the shipped one."""
+    from models.runtime.detector import DEFAULT_DETECTOR
+
+    return settings.detector_path if settings.detector_path is not None else DEFAULT_DETECTOR
+
+
 def load_model(settings: Settings) -> ModelRunner:
-    """Load the fingerprint model, or raise ``ConfigurationError`` saying how to fix the configuration."""
+    """Load the fingerprint model and the block detector, or raise ``ConfigurationError`` saying how to fix
+    the configuration."""
     from models.runtime.checkpoint import CheckpointError
+    from models.runtime.detector import DetectorError
 
     try:
         runner = ModelRunner.load(
@@ -68,11 +77,17 @@ def load_model(settings: Settings) -> ModelRunner:
             batch_size=settings.embed_batch_size,
             max_queued=settings.max_queued_requests,
             precision=settings.model_precision,
+            detector=detector_path(settings),
         )
     except CheckpointError as error:
         raise ConfigurationError(
             f"cannot load the fingerprint model: {error}. Set PALLETREID_MODEL_PATH to a checkpoint made by "
             "`palletreid train`."
+        ) from error
+    except DetectorError as error:
+        raise ConfigurationError(
+            f"cannot load the block detector: {error}. Set PALLETREID_DETECTOR_PATH to a detector made by "
+            "`palletreid train-detector` (or unset it for the shipped one)."
         ) from error
     if runner.embedding_dim != EMBEDDING_DIM:
         runner.close()
@@ -120,13 +135,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not app.state.key_ring.enabled:
         warn_auth_disabled()
     logger.info(
-        "serving with database %s, model %s (%d dims, %s, up to %d requests queued); "
+        "serving with database %s, model %s (%d dims, %s, up to %d requests queued), block detector %s; "
         "decision parameters from %s%s: %s",
         engine.url.render_as_string(hide_password=True),
         runner.model_id,
         runner.embedding_dim,
         runner.precision,
         runner.max_queued,
+        runner.detector_id,
         decision.source,
         f" (overridden: {', '.join(decision.overridden)})" if decision.overridden else "",
         decision.parameters.describe(),

@@ -11,19 +11,24 @@ while it is saturated.
 Local features (ORB, for the geometric check of the decision rule) are extracted on a small pool of their
 own while the network runs: OpenCV releases the GIL, so the two overlap. The same pool matches features
 during identification (:attr:`ModelRunner.feature_pool`).
+
+The block detector for side views (``models.runtime.detector.BlockDetector``), when loaded, runs on the same
+worker thread and behind the same admission: a side-view request is admitted once for its detection and once
+more for the fingerprints of the crops, so neither network ever runs beside the other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -31,6 +36,9 @@ from PIL import Image
 from app.errors import PalletReidError
 from models.runtime.checkpoint import CheckpointMetadata
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
+
+if TYPE_CHECKING:
+    from models.runtime.detector import Detection, DetectorMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +67,17 @@ class FingerprintModel(Protocol):
     def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray: ...
 
 
+class SideViewDetector(Protocol):
+    """What the service needs from ``models.runtime.detector.BlockDetector``."""
+
+    metadata: DetectorMetadata
+
+    def detect_batch(self, images: Sequence[Image.Image]) -> list[list[Detection]]: ...
+
+
+_Result = TypeVar("_Result")
+
+
 @dataclass(frozen=True)
 class BlockAnalysis:
     """Everything the decision rule needs of the uploaded blocks, in upload order."""
@@ -80,10 +99,12 @@ class ModelRunner:
         batch_size: int = 32,
         feature_threads: int | None = None,
         max_queued: int = 8,
+        detector: SideViewDetector | None = None,
     ) -> None:
         if max_queued < 1:
             raise ValueError("max_queued must be at least 1")
         self._model = model
+        self._detector = detector
         self._batch_size = batch_size
         self._max_queued = max_queued
         self._admitted = 0
@@ -103,15 +124,21 @@ class ModelRunner:
         batch_size: int = 32,
         max_queued: int = 8,
         precision: str = "auto",
+        detector: Path | None = None,
     ) -> ModelRunner:
         """Load a checkpoint (``None``: the shipped default); ``precision`` ``auto`` is bf16 on a CPU with
-        native bf16, fp32 elsewhere (``models.runtime.inference.resolve_precision``)."""
+        native bf16, fp32 elsewhere (``models.runtime.inference.resolve_precision``). ``detector``: also
+        load this block detector file for side views (``models.runtime.detector.DetectorError`` if unusable).
+        """
+        from models.runtime.detector import BlockDetector
         from models.runtime.inference import Embedder
 
+        embedder = Embedder.load(path, device=device, num_threads=num_threads, precision=precision)
         return cls(
-            Embedder.load(path, device=device, num_threads=num_threads, precision=precision),
+            embedder,
             batch_size=batch_size,
             max_queued=max_queued,
+            detector=BlockDetector.load(detector) if detector is not None else None,
         )
 
     @property
@@ -130,6 +157,11 @@ class ModelRunner:
     @property
     def precision(self) -> str:
         return self._model.precision
+
+    @property
+    def detector_id(self) -> str | None:
+        """Model id of the block detector, ``None`` when none is loaded (side views are then refused)."""
+        return self._detector.metadata.model_id if self._detector is not None else None
 
     @property
     def max_queued(self) -> int:
@@ -152,6 +184,27 @@ class ModelRunner:
         request stays admitted until its forward has finished, even if its client went away meanwhile (one
         still waiting for the model when it is cancelled leaves the queue: its forward never runs).
         """
+        fingerprints = self._admit_and_submit(self._model.embed, images, self._batch_size)
+        features = [self._feature_pool.submit(extract, image, extractor) for image in images]
+        return BlockAnalysis(
+            fingerprints=await asyncio.wrap_future(fingerprints),
+            features=list(await asyncio.gather(*map(asyncio.wrap_future, features))),
+        )
+
+    async def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        """The blocks in each side view (left to right), on the model's thread, admitted like ``analyse``.
+
+        Raises ``RuntimeError`` when no detector is loaded (the caller checks :attr:`detector_id`).
+        """
+        if self._detector is None:
+            raise RuntimeError("no block detector is loaded")
+        return await asyncio.wrap_future(self._admit_and_submit(self._detector.detect_batch, images))
+
+    def _admit_and_submit(
+        self, function: Callable[..., _Result], *args: object
+    ) -> concurrent.futures.Future[_Result]:
+        """Admit one request (or raise :class:`ModelOverloadedError`) and run ``function`` on the model's
+        thread; the admission ends when it has run."""
         with self._admission:
             if self._admitted >= self._max_queued:
                 raise ModelOverloadedError(
@@ -159,16 +212,12 @@ class ModelRunner:
                 )
             self._admitted += 1
         try:
-            fingerprints = self._executor.submit(self._model.embed, images, self._batch_size)
+            future = self._executor.submit(function, *args)
         except BaseException:
             self._release()
             raise
-        fingerprints.add_done_callback(self._release)
-        features = [self._feature_pool.submit(extract, image, extractor) for image in images]
-        return BlockAnalysis(
-            fingerprints=await asyncio.wrap_future(fingerprints),
-            features=list(await asyncio.gather(*map(asyncio.wrap_future, features))),
-        )
+        future.add_done_callback(self._release)
+        return future
 
     def _release(self, _: object = None) -> None:
         with self._admission:

@@ -48,6 +48,16 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests waiting for or in the model at once; more are refused (503 overloaded).",
     )
+    detector_path: Path | None = Field(
+        default=None,
+        description="Block detector for side views (`sides`); unset means the shipped default.",
+    )
+    min_detected_blocks: int = Field(
+        default=2,
+        ge=1,
+        le=3,
+        description="Blocks the detector must find on every side view; fewer is 422 blocks_not_found.",
+    )
 
     max_image_bytes: int = Field(
         default=DEFAULT_MAX_IMAGE_BYTES, ge=1, description="Per uploaded block image."

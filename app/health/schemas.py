@@ -59,6 +59,7 @@ class Readiness(BaseModel):
                     "model": "pcb_resnet18-p4x128-0123456789ab",
                     "embedding_dim": 512,
                     "precision": "bf16",
+                    "detector": "blockdet-mnv2-2d243e161b7b",
                     "schema_revision": ["0002"],
                     "decision_parameters": {
                         "model_id": "pcb_resnet18-p4x128-0123456789ab",
@@ -92,6 +93,10 @@ class Readiness(BaseModel):
     embedding_dim: int
     precision: str
     """What the model computes in: ``bf16`` on a CPU with native bf16 (``PALLETREID_MODEL_PRECISION``)."""
+    detector: str | None = Field(
+        default=None,
+        description="Model id of the block detector that reads side views (PALLETREID_DETECTOR_PATH).",
+    )
     schema_revision: list[str]
     decision_parameters: DecisionParametersOut
     model_coverage: list[ModelCoverageOut] = Field(

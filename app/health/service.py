@@ -59,6 +59,7 @@ def check_readiness(
         model=model.model_id,
         embedding_dim=model.embedding_dim,
         precision=model.precision,
+        detector=model.detector_id,
         schema_revision=sorted(current),
         decision_parameters=DecisionParametersOut(
             model_id=parameters.model_id,

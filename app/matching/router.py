@@ -1,4 +1,4 @@
-"""``POST /v1/receipts`` and ``POST /v1/dispatches``: block images in, one match result out."""
+"""``POST /v1/receipts`` and ``POST /v1/dispatches``: block images or side views in, one match result out."""
 
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ from app.errors import (
 from app.images.dependencies import ImageStoreDep
 from app.images.service import BlockImageRecorder, ReceivedImage
 from app.images.store import ImageStore
-from app.matching.schemas import MatchResult
+from app.matching.schemas import MatchResult, SideDetections
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
+from app.matching.sides import MAX_SIDES, BlocksNotFoundError, SideViewBlocks, blocks_from_sides
 from app.model_runner import BlockAnalysis, ModelOverloadedError, ModelRunner
 from app.security import Principal
 from app.settings import Settings
@@ -49,6 +50,7 @@ _ERRORS = error_responses(
     AuthenticationError,
     PermissionDeniedError,
     InvalidImageError,
+    BlocksNotFoundError,
     PalletNotFoundError,
     PalletMergedError,
     ImageTooLargeError,
@@ -60,8 +62,22 @@ _ERRORS = error_responses(
 )
 
 BlocksField = Annotated[
-    list[UploadFile],
-    File(description="1 to 12 block images (JPEG, PNG or WebP); repeat the field, order = block position."),
+    list[UploadFile] | None,
+    File(
+        description="1 to 12 block images (JPEG, PNG or WebP); repeat the field, order = block position. "
+        "Send either `blocks` or `sides`.",
+    ),
+]
+SidesField = Annotated[
+    list[UploadFile] | None,
+    File(
+        description=f"Instead of `blocks`: 1 or {MAX_SIDES} side views of the pallet (JPEG, PNG or WebP, "
+        "the limits of block images; e.g. 1280x720), each showing a long side with its three blocks; repeat "
+        "the field. The service finds the blocks, cuts them out (perspective-corrected) and uses them as "
+        "block images; `detections` in the result shows what it found. Fewer than "
+        "PALLETREID_MIN_DETECTED_BLOCKS (default 2) on a side: 422 blocks_not_found, nothing stored. "
+        "Example: `curl -F sides=@side_0.jpg -F sides=@side_1.jpg .../v1/receipts`.",
+    ),
 ]
 ExternalRefField = Annotated[ShortText | None, Form(description="Delivery note / ASN reference.")]
 SiteField = Annotated[ShortText | None, Form(description="Site (warehouse) code.")]
@@ -104,7 +120,8 @@ IdempotencyKeyHeader = Annotated[
 
 async def _record(
     kind: EventKind,
-    blocks: list[UploadFile],
+    blocks: list[UploadFile] | None,
+    sides: list[UploadFile] | None,
     details: EventDetails,
     idempotency_key: str | None,
     session: Session,
@@ -114,13 +131,65 @@ async def _record(
     principal: Principal,
     store: ImageStore,
 ) -> MatchResult:
-    """Decode the blocks in parallel threads, await the model, then record in a thread (sync database work).
+    """Decode the blocks in parallel threads (or cut them out of the side views), await the model, then
+    record in a thread (sync database work).
 
     No thread is held while the request waits for the model (``ModelRunner.analyse``), so requests queued
     for it cannot exhaust the threadpool that database work runs in.
     """
+    side_views: SideViewBlocks | None = None
+    if blocks and sides:
+        raise InvalidRequestError("send either block images (blocks) or side views (sides), not both")
+    if sides:
+        side_views = await blocks_from_sides(sides, embedder, settings)
+        blobs, images = side_views.crops, side_views.images
+        sent, images_field = side_views.side_images, "sides"
+    else:
+        blobs, images = await _load_blocks(blocks or [], settings)
+        sent, images_field = blobs, "blocks"
+    analysis = await embedder.analyse(images, config.geometry.extractor)
+    if idempotency_key is not None:
+        details = details.with_idempotency_key(idempotency_key, kind, sent, images_field=images_field)
+    result = await run_in_threadpool(
+        _record_in_database,
+        kind,
+        analysis,
+        details,
+        blobs,
+        session,
+        embedder,
+        config,
+        store,
+        side_views.detections if side_views is not None else None,
+    )
+    verification = result.verification
+    logger.info(
+        "%s by key %s (role %s): event %d, %s pallet %s%s, %d blocks%s, %s",
+        kind.value,
+        principal.name,
+        principal.role.value,
+        result.event_id,
+        result.decision.value,
+        result.pallet_id,
+        " (flagged for review)" if result.review else "",
+        len(blobs),
+        f" from {len(side_views.side_images)} side views" if side_views is not None else "",
+        (
+            f"inliers {verification.inliers} vs runner-up {verification.runner_up_inliers}"
+            if verification is not None
+            else "pallet given by the client"
+        ),
+    )
+    return result
+
+
+async def _load_blocks(blocks: list[UploadFile], settings: Settings) -> tuple[list[bytes], list[Image.Image]]:
+    """The uploaded blocks decoded in parallel threads; the first refused one in upload order is raised."""
     if not 1 <= len(blocks) <= settings.max_blocks:
-        raise InvalidRequestError(f"send 1 to {settings.max_blocks} block images, got {len(blocks)}")
+        raise InvalidRequestError(
+            f"send 1 to {settings.max_blocks} block images (blocks) or 1 to {MAX_SIDES} side views (sides), "
+            f"got {len(blocks)} block images"
+        )
     outcomes = await asyncio.gather(
         *(run_in_threadpool(_load_block, block, position, settings) for position, block in enumerate(blocks)),
         return_exceptions=True,
@@ -130,31 +199,7 @@ async def _record(
         if isinstance(outcome, BaseException):
             raise outcome
         loaded.append(outcome)
-    blobs = [blob for blob, _ in loaded]
-    analysis = await embedder.analyse([image for _, image in loaded], config.geometry.extractor)
-    if idempotency_key is not None:
-        details = details.with_idempotency_key(idempotency_key, kind, blobs)
-    result = await run_in_threadpool(
-        _record_in_database, kind, analysis, details, blobs, session, embedder, config, store
-    )
-    verification = result.verification
-    logger.info(
-        "%s by key %s (role %s): event %d, %s pallet %s%s, %d blocks, %s",
-        kind.value,
-        principal.name,
-        principal.role.value,
-        result.event_id,
-        result.decision.value,
-        result.pallet_id,
-        " (flagged for review)" if result.review else "",
-        len(blocks),
-        (
-            f"inliers {verification.inliers} vs runner-up {verification.runner_up_inliers}"
-            if verification is not None
-            else "pallet given by the client"
-        ),
-    )
-    return result
+    return [blob for blob, _ in loaded], [image for _, image in loaded]
 
 
 def _load_block(block: UploadFile, position: int, settings: Settings) -> tuple[bytes, Image.Image]:
@@ -174,12 +219,19 @@ def _record_in_database(
     embedder: ModelRunner,
     config: MatchingConfig,
     store: ImageStore,
+    detections: list[SideDetections] | None,
 ) -> MatchResult:
     service = MatchingService(session, config, embedder.feature_pool)
     block_images = BlockImageRecorder(session, store, [ReceivedImage.of(blob) for blob in blobs])
     with block_images.removing_created_on_error():
         return service.record(
-            kind, analysis, model_id=embedder.model_id, details=details, block_images=block_images
+            kind,
+            analysis,
+            model_id=embedder.model_id,
+            details=details,
+            block_images=block_images,
+            detections=detections,
+            detector=embedder.detector_id if detections is not None else None,
         )
 
 
@@ -187,13 +239,14 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., A
     """The route function of one event kind; receipts and dispatches take the same inputs."""
 
     async def record_event(
-        blocks: BlocksField,
         principal: StationDep,
         session: SessionDep,
         embedder: EmbedderDep,
         settings: SettingsDep,
         config: MatchingConfigDep,
         store: ImageStoreDep,
+        blocks: BlocksField = None,
+        sides: SidesField = None,
         external_ref: ExternalRefField = None,
         site: SiteField = None,
         gate: GateField = None,
@@ -223,7 +276,17 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., A
             asset_code=asset_code,
         )
         return await _record(
-            kind, blocks, details, idempotency_key, session, embedder, settings, config, principal, store
+            kind,
+            blocks,
+            sides,
+            details,
+            idempotency_key,
+            session,
+            embedder,
+            settings,
+            config,
+            principal,
+            store,
         )
 
     record_event.__name__ = record_event.__qualname__ = name

@@ -46,7 +46,7 @@ from app.errors import (
 from app.events.repository import EventRepository
 from app.images.service import BlockImageRecorder
 from app.matching.repository import FingerprintRepository, StoredCapture, StoredNeighbour
-from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult, Verification
+from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult, SideDetections, Verification
 from app.model_runner import BlockAnalysis
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
@@ -141,9 +141,15 @@ class EventDetails:
         }
         return {name: value for name, value in values.items() if value is not None}
 
-    def with_idempotency_key(self, key: str, kind: EventKind, images: Sequence[bytes]) -> EventDetails:
-        """These details with ``key`` and the SHA-256 of everything the client sent (fields and images)."""
+    def with_idempotency_key(
+        self, key: str, kind: EventKind, images: Sequence[bytes], *, images_field: str = "blocks"
+    ) -> EventDetails:
+        """These details with ``key`` and the SHA-256 of everything the client sent (fields and images;
+        ``images_field``: the form field that carried them, ``blocks`` or ``sides``)."""
         digest = hashlib.sha256(kind.value.encode())
+        if images_field != "blocks":  # tagged only then, so digests of block uploads are unchanged
+            encoded = b"\x03" + images_field.encode()
+            digest.update(len(encoded).to_bytes(8, "big") + encoded)
         fields = [
             self.site,
             self.gate,
@@ -181,10 +187,14 @@ class MatchingService:
         model_id: str,
         details: EventDetails,
         block_images: BlockImageRecorder | None = None,
+        detections: list[SideDetections] | None = None,
+        detector: str | None = None,
     ) -> MatchResult:
         """Identify (or register) the pallet of ``blocks`` (fingerprints and local features, upload order).
 
         ``block_images`` keeps the uploaded images of the new event (written under the identification lock).
+        ``detections`` and ``detector``: where the blocks came from when they were cut out of side views
+        (kept in the event's result, so a replay answers them too).
         """
         embeddings = blocks.fingerprints
         if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] != EMBEDDING_DIM:
@@ -267,6 +277,8 @@ class MatchingService:
         if block_images is not None:
             block_images.write(event.id)
         result = _match_result(event, pallet.id, outcome, decision, model_id, self._config.max_candidates)
+        if detections is not None:
+            result = result.model_copy(update={"detections": detections, "detector": detector})
         event.result = result.model_dump(mode="json")
         if details.idempotency_key is not None and details.request_digest is not None:
             self._events.add_idempotency_key(
