@@ -20,11 +20,13 @@ from app.health.router import router as health_router
 from app.images.reindex import CoverageCache, check_model_coverage
 from app.images.router import router as images_router
 from app.images.store import ImageStore
+from app.logging_setup import RequestLogMiddleware
 from app.matching.parameters import decision_parameters_in_force
 from app.matching.router import router as matching_router
 from app.matching.service import MatchingConfig
 from app.metrics.middleware import MetricsMiddleware
 from app.metrics.router import router as metrics_router
+from app.metrics.stages import install_commit_timing
 from app.model_runner import ModelRunner
 from app.pallets.router import router as pallets_router
 from app.reviews.page import router as review_page_router
@@ -135,14 +137,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not app.state.key_ring.enabled:
         warn_auth_disabled()
     logger.info(
-        "serving with database %s, model %s (%d dims, %s, up to %d requests queued), block detector %s; "
-        "decision parameters from %s%s: %s",
-        engine.url.render_as_string(hide_password=True),
+        "serving model %s (%d dims, %s, up to %d requests queued), block detector %s, on database %s",
         runner.model_id,
         runner.embedding_dim,
         runner.precision,
         runner.max_queued,
         runner.detector_id,
+        engine.url.render_as_string(hide_password=True),
+    )
+    logger.info(
+        "decision parameters from %s%s: %s",
         decision.source,
         f" (overridden: {', '.join(decision.overridden)})" if decision.overridden else "",
         decision.parameters.describe(),
@@ -185,7 +189,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_error_schema(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(MetricsMiddleware)  # outermost: counts refusals of the body limit too
+    app.add_middleware(MetricsMiddleware)  # counts refusals of the body limit too
+    app.add_middleware(RequestLogMiddleware)  # outermost: the request id holds for everything below
+    install_commit_timing()
     for router in (
         matching_router,
         pallets_router,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import os
 import threading
@@ -34,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import PalletReidError
+from app.metrics.stages import Stage, timed_call
 from models.runtime.checkpoint import CheckpointMetadata
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
 
@@ -184,7 +186,8 @@ class ModelRunner:
         request stays admitted until its forward has finished, even if its client went away meanwhile (one
         still waiting for the model when it is cancelled leaves the queue: its forward never runs).
         """
-        fingerprints = self._admit_and_submit(self._model.embed, images, self._batch_size)
+        forward = timed_call(Stage.FORWARD, self._model.embed)
+        fingerprints = self._admit_and_submit(forward, images, self._batch_size)
         features = [self._feature_pool.submit(extract, image, extractor) for image in images]
         return BlockAnalysis(
             fingerprints=await asyncio.wrap_future(fingerprints),
@@ -198,7 +201,8 @@ class ModelRunner:
         """
         if self._detector is None:
             raise RuntimeError("no block detector is loaded")
-        return await asyncio.wrap_future(self._admit_and_submit(self._detector.detect_batch, images))
+        detect = timed_call(Stage.DETECT, self._detector.detect_batch)
+        return await asyncio.wrap_future(self._admit_and_submit(detect, images))
 
     def _admit_and_submit(
         self, function: Callable[..., _Result], *args: object
@@ -212,7 +216,8 @@ class ModelRunner:
                 )
             self._admitted += 1
         try:
-            future = self._executor.submit(function, *args)
+            # In the request's context: stage timings and log lines of the model's thread name the request.
+            future = self._executor.submit(contextvars.copy_context().run, function, *args)
         except BaseException:
             self._release()
             raise

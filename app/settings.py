@@ -180,6 +180,17 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, description="Per delivery attempt.")
     webhook_poll_seconds: float = Field(default=1.0, gt=0, description="Worker pause when nothing is due.")
 
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`palletreid serve` logs: text or JSON lines; both carry the request id.",
+    )
+    log_level: str | None = Field(
+        default=None,
+        pattern=r"(?i)^(debug|info|warning|error|critical)$",
+        description="`palletreid serve` log level (unset: --log-level, INFO); debug also shows the embedded "
+        "database's, Alembic's and uvicorn's internals.",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_api_keys(cls, value: object) -> object:

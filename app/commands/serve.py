@@ -12,6 +12,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,16 +72,20 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from app.db.embedded import embedded_postgres
-    from app.db.migrations import upgrade_to_head
-    from app.errors import ConfigurationError
-    from app.main import create_app
-    from app.security import KeyRing, ensure_safe_bind
+    from app.logging_setup import configure_logging
     from app.settings import Settings
 
     settings = Settings()
+    log_level = settings.log_level or args.log_level
+    configure_logging(settings.log_format, log_level)  # before Alembic and pgserver are imported
+
+    import uvicorn
+
+    from app.db.embedded import embedded_postgres
+    from app.errors import ConfigurationError
+    from app.main import create_app
+    from app.security import KeyRing, ensure_safe_bind
+
     if args.data_dir is not None:
         settings = settings.model_copy(update={"data_dir": args.data_dir})
     try:
@@ -93,30 +99,82 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with ExitStack() as stack:
         if settings.database_url:
-            logger.info("using the database from DATABASE_URL")
+            database = "database from DATABASE_URL"
         else:
             url = stack.enter_context(embedded_postgres(settings.data_dir))
             settings = settings.model_copy(update={"database_url": url})
+            database = f"embedded PostgreSQL in {(settings.data_dir / 'pgdata').resolve()}"
         assert settings.database_url is not None
-        if not args.no_migrate:
-            upgrade_to_head(settings.database_url)
-            logger.info("database migrated to head")
+        at_head = _migrate(settings.database_url, database, apply=not args.no_migrate)
         if args.migrate_only:
-            return 0
+            return 0 if at_head else 1
         if args.workers == 1:
-            uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+            uvicorn.run(
+                create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False
+            )
         else:
             os.environ.update(worker_environment(settings, args.workers, os.cpu_count() or 1))
+            os.environ["PALLETREID_LOG_LEVEL"] = log_level
             logger.info("starting %d API processes on one database", args.workers)
             uvicorn.run(
-                "app.main:create_app",
+                "app.commands.serve:worker_app",
                 factory=True,
                 workers=args.workers,
                 host=args.host,
                 port=args.port,
                 log_config=None,
+                access_log=False,
             )
     return 0
+
+
+def _migrate(database_url: str, database: str, *, apply: bool) -> bool:
+    """Apply the migrations (when ``apply``) and say in one line where the schema stands; whether at head."""
+    from sqlalchemy import create_engine
+
+    from app.db.migrations import current_revisions, head_revisions, upgrade_to_head
+    from app.db.session import normalise_database_url
+
+    def current() -> set[str]:
+        engine = create_engine(normalise_database_url(database_url))
+        try:
+            with engine.connect() as connection:
+                return current_revisions(connection)
+        finally:
+            engine.dispose()
+
+    def named(revisions: set[str]) -> str:
+        return ", ".join(sorted(revisions)) or "an empty schema"
+
+    before = current()
+    if apply:
+        upgrade_to_head(database_url)
+    after, head = (current(), head_revisions()) if apply else (before, head_revisions())
+    if after != head:
+        logger.warning(
+            "%s: schema at %s, not at head %s (migrations not applied: --no-migrate); run "
+            "`palletreid serve --migrate-only`",
+            database,
+            named(after),
+            named(head),
+        )
+        return False
+    if before != after:
+        logger.info("%s: schema migrated from %s to %s (head)", database, named(before), named(after))
+    else:
+        logger.info("%s: schema at %s (head)", database, named(after))
+    return True
+
+
+def worker_app() -> FastAPI:
+    """The app of one of several API processes (``--workers``): logging set up as in the parent first."""
+    from app.logging_setup import configure_logging
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level or "INFO")
+    return create_app(settings)
 
 
 def worker_environment(settings: Settings, workers: int, cpus: int) -> dict[str, str]:

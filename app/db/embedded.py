@@ -147,8 +147,8 @@ def embedded_postgres(data_dir: Path, *, tune: bool = True) -> Iterator[str]:
                 "embedded PostgreSQL is shared with another process; %s take effect at its next start",
                 ", ".join(pending),
             )
-        logger.info("embedded PostgreSQL tuned: %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
-    logger.info("embedded PostgreSQL running from %s", pgdata)
+        logger.debug("embedded PostgreSQL tuned: %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
+    logger.debug("embedded PostgreSQL running from %s", pgdata)  # serve says it with the schema state
     try:
         yield normalise_database_url(server.get_uri())
     finally:

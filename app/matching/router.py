@@ -37,7 +37,9 @@ from app.images.store import ImageStore
 from app.matching.schemas import MatchResult, SideDetections
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
 from app.matching.sides import MAX_SIDES, BlocksNotFoundError, SideViewBlocks, blocks_from_sides
+from app.metrics.stages import Stage, timed
 from app.model_runner import BlockAnalysis, ModelOverloadedError, ModelRunner
+from app.request_context import note_outcome, note_recording
 from app.security import Principal
 from app.settings import Settings
 from models.runtime.images import decode_image, read_limited
@@ -137,6 +139,7 @@ async def _record(
     No thread is held while the request waits for the model (``ModelRunner.analyse``), so requests queued
     for it cannot exhaust the threadpool that database work runs in.
     """
+    note_recording(kind.value)  # times its stages (app.metrics.stages)
     side_views: SideViewBlocks | None = None
     if blocks and sides:
         raise InvalidRequestError("send either block images (blocks) or side views (sides), not both")
@@ -145,7 +148,8 @@ async def _record(
         blobs, images = side_views.crops, side_views.images
         sent, images_field = side_views.side_images, "sides"
     else:
-        blobs, images = await _load_blocks(blocks or [], settings)
+        with timed(Stage.DECODE):
+            blobs, images = await _load_blocks(blocks or [], settings)
         sent, images_field = blobs, "blocks"
     analysis = await embedder.analyse(images, config.geometry.extractor)
     if idempotency_key is not None:
@@ -162,6 +166,7 @@ async def _record(
         store,
         side_views.detections if side_views is not None else None,
     )
+    note_outcome(result.decision.value, review=result.review, event_id=result.event_id)
     verification = result.verification
     logger.info(
         "%s by key %s (role %s): event %d, %s pallet %s%s, %d blocks%s, %s",

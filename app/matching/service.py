@@ -47,6 +47,7 @@ from app.events.repository import EventRepository
 from app.images.service import BlockImageRecorder
 from app.matching.repository import FingerprintRepository, StoredCapture, StoredNeighbour
 from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult, SideDetections, Verification
+from app.metrics.stages import Stage, StageStopwatch
 from app.model_runner import BlockAnalysis
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
@@ -302,6 +303,7 @@ class MatchingService:
         A pallet recorded before local features were stored cannot be verified: if the network alone
         matched it, the query is flagged for review rather than merged (or silently registered).
         """
+        stopwatch = StageStopwatch()
         self._fingerprints.configure_search(ef_search=self._config.ef_search)
         per_block = self._fingerprints.nearest_per_block(
             blocks.fingerprints, model_id=model_id, limit=self._config.top_k
@@ -319,6 +321,7 @@ class MatchingService:
         in_stock = {
             n.pallet_id for block in per_block for n in block if n.pallet_status == PalletStatus.IN_STOCK
         }
+        stopwatch.lap(Stage.SEARCH)
         without_features: set[uuid.UUID] = set()
         query_rows = unit_rows(blocks.fingerprints)
         prefetched = self._fingerprints.captures_features(
@@ -345,6 +348,7 @@ class MatchingService:
             preferred=in_stock,
             executor=self._executor,
         )
+        stopwatch.lap(Stage.VERIFY)
         if decision.outcome is Outcome.NEW and decision.network.pallet in without_features:
             return replace(decision, outcome=Outcome.REVIEW)
         return decision

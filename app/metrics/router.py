@@ -21,6 +21,7 @@ from app.errors import (
 from app.metrics.middleware import LATENCY, REQUESTS
 from app.metrics.registry import Sample, family
 from app.metrics.repository import MetricsRepository
+from app.metrics.stages import STAGE_SECONDS
 from app.security import Role, is_loopback
 from app.settings import Settings
 
@@ -68,8 +69,8 @@ class _DatabaseMetricsCache:
     responses={200: {"content": {PROMETHEUS_MEDIA_TYPE: {"schema": {"type": "string"}}}}},
 )
 def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> PrometheusResponse:
-    """Prometheus metrics of this process (requests, latency) and of the database (decisions, reviews,
-    impostor tail, webhook backlog)."""
+    """Prometheus metrics of this process (requests, latency, latency per stage of receipts and dispatches)
+    and of the database (decisions, reviews, impostor tail, webhook backlog)."""
     cache: _DatabaseMetricsCache = (
         getattr(request.app.state, "metrics_cache", None) or _DatabaseMetricsCache()
     )
@@ -79,7 +80,7 @@ def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Pro
             cache.text = _database_metrics(session, request, settings)
             cache.computed_at = time.monotonic()
         database = cache.text
-    return PrometheusResponse(REQUESTS.render() + LATENCY.render() + database)
+    return PrometheusResponse(REQUESTS.render() + LATENCY.render() + STAGE_SECONDS.render() + database)
 
 
 def _database_metrics(session: Session, request: Request, settings: Settings) -> str:

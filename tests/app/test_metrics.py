@@ -1,5 +1,6 @@
-"""GET /metrics: Prometheus text with request counts and latency per route, decisions and reviews from the
-database, the webhook backlog and the live false-match estimate; open on loopback, a reader key elsewhere."""
+"""GET /metrics: Prometheus text with request counts and latency per route, latency per stage of receipts and
+dispatches, decisions and reviews from the database, the webhook backlog and the live false-match estimate;
+open on loopback, a reader key elsewhere."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.metrics.registry import Counter, Histogram
+from app.metrics.stages import STAGE_SECONDS, Stage, timed
 from app.settings import Settings
 
 _SAMPLE = re.compile(r'^([a-z_]+)(\{(?:[a-z_]+="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|\+Inf|-Inf|NaN)$')
@@ -68,6 +70,36 @@ def test_requests_decisions_and_backlog_are_counted(client: TestClient) -> None:
     assert after['palletreid_webhook_deliveries{status="pending"}'] == 2
     assert "palletreid_reviews_total" in after
     assert any(name.startswith("palletreid_impostor_samples{model=") for name in after)
+
+
+STAGES = ("decode", "forward", "search", "verify", "commit")
+
+
+def test_each_stage_of_a_dispatch_is_timed(client: TestClient) -> None:
+    def stage(name: str, suffix: str) -> str:
+        return f'palletreid_stage_duration_seconds_{suffix}{{kind="dispatch",stage="{name}"}}'
+
+    before = _scrape(client)
+    response = client.post("/v1/dispatches", files=block_files(noise_blocks(1503, 3)), data={"site": "HAM"})
+    assert response.status_code == 201, response.text
+    client.get("/v1/events")  # reads commit too, but are no recording: not timed
+    after = _scrape(client)
+
+    for name in STAGES:
+        assert after[stage(name, "count")] == before.get(stage(name, "count"), 0) + 1, name
+        assert after[stage(name, "sum")] > before.get(stage(name, "sum"), 0), name
+        infinite = f'palletreid_stage_duration_seconds_bucket{{kind="dispatch",stage="{name}",le="+Inf"}}'
+        assert after[infinite] == after[stage(name, "count")]
+    detect = stage("detect", "count")
+    assert after.get(detect, 0) == before.get(detect, 0), "block images need no detection"
+    assert not any('kind=""' in name for name in after), "only receipts and dispatches are timed"
+
+
+def test_a_stage_outside_a_request_is_not_counted() -> None:
+    before = STAGE_SECONDS.render()
+    with timed(Stage.FORWARD):
+        pass
+    assert STAGE_SECONDS.render() == before
 
 
 def test_registry_renders_counters_and_cumulative_histograms() -> None:
