@@ -274,3 +274,25 @@ def test_readiness_names_the_detector_and_openapi_documents_sides(client: TestCl
     result = spec["components"]["schemas"]["MatchResult"]
     assert "detections" in result["properties"]
     assert any(example.get("detections") for example in result["examples"])
+
+
+def test_the_readme_side_view_tour(shipped_client: TestClient) -> None:
+    """README: a receipt from the sample side views, then a dispatch of the same pallet's block crops: the
+    receipt's pallet is the best candidate (matched, or registered for review when the geometry falls
+    short)."""
+    samples = Path(__file__).resolve().parents[2] / "docs" / "samples" / "sides" / "pallet-s"
+    sides = [path.read_bytes() for path in sorted(samples.glob("side_*.jpg"))]
+    receipt = shipped_client.post("/v1/receipts", files=side_files(sides), data={"site": "DE-HAM-01"}).json()
+    assert (receipt["decision"], receipt["blocks_compared"]) == ("registered", 6)
+    assert [[block["position"] for block in side["blocks"]] for side in receipt["detections"]] == [
+        [0, 1, 2],
+        [3, 4, 5],
+    ]
+    crops = [path.read_bytes() for path in sorted((samples / "dispatch").glob("block*.jpg"))]
+    dispatch = shipped_client.post("/v1/dispatches", files=block_files(crops, "image/jpeg")).json()
+    assert dispatch["candidates"][0]["pallet_id"] == receipt["pallet_id"]
+    assert dispatch["candidates"][0]["votes"] == 6
+    if dispatch["decision"] == "matched":
+        assert dispatch["pallet_id"] == receipt["pallet_id"]
+    else:
+        assert dispatch["review"] is True
