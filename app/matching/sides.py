@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import InvalidRequestError, ServiceNotReadyError, image_errors_as_domain_errors
 from app.matching.schemas import DetectedBlock, SideDetections
+from app.metrics.stages import Stage, timed
 from app.model_runner import ModelRunner
 from app.settings import Settings
 from models.runtime.detector import Detection, crop_blocks
@@ -65,10 +66,11 @@ async def blocks_from_sides(
         raise InvalidRequestError(f"send 1 or {MAX_SIDES} side views, got {len(sides)}")
     if runner.detector_id is None:
         raise ServiceNotReadyError("no block detector is loaded; side views cannot be read")
-    outcomes = await asyncio.gather(
-        *(run_in_threadpool(_load_side, side, index, settings) for index, side in enumerate(sides)),
-        return_exceptions=True,
-    )
+    with timed(Stage.DECODE):
+        outcomes = await asyncio.gather(
+            *(run_in_threadpool(_load_side, side, index, settings) for index, side in enumerate(sides)),
+            return_exceptions=True,
+        )
     loaded = []
     for outcome in outcomes:  # the first refused side in upload order, as if decoded one by one
         if isinstance(outcome, BaseException):
