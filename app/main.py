@@ -12,12 +12,11 @@ from fastapi import FastAPI
 from app.api.limits import BodySizeLimitMiddleware
 from app.calibration.router import router as calibration_router
 from app.db.session import build_engine, build_session_factory
-from app.db.tables import EMBEDDING_DIM
 from app.epcis.router import router as epcis_router
 from app.errors import ConfigurationError, install_error_handlers, install_error_schema
 from app.events.router import router as events_router
 from app.health.router import router as health_router
-from app.images.reindex import CoverageCache, check_model_coverage
+from app.images.reindex import CoverageCache, check_model_coverage, ensure_serving_index
 from app.images.router import router as images_router
 from app.images.store import ImageStore
 from app.logging_setup import RequestLogMiddleware
@@ -91,13 +90,6 @@ def load_model(settings: Settings) -> ModelRunner:
             f"cannot load the block detector: {error}. Set PALLETREID_DETECTOR_PATH to a detector made by "
             "`palletreid train-detector` (or unset it for the shipped one)."
         ) from error
-    if runner.embedding_dim != EMBEDDING_DIM:
-        runner.close()
-        raise ConfigurationError(
-            f"model {runner.model_id} makes {runner.embedding_dim}-dim fingerprints but the database stores "
-            f"{EMBEDDING_DIM}-dim ones; set PALLETREID_MODEL_PATH to a checkpoint with {EMBEDDING_DIM}-dim "
-            "fingerprints (e.g. 4 parts x 128 dims)"
-        )
     return runner
 
 
@@ -125,6 +117,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_model_coverage(
             app.state.session_factory, runner.model_id, allow_partial=settings.allow_partial_coverage
         )
+        ensure_serving_index(engine, runner.model_id, runner.embedding_dim)
     except ConfigurationError as error:
         runner.close()
         engine.dispose()

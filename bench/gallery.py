@@ -14,8 +14,9 @@ rows that benchmark dispatches add are deleted before the gallery grows again, s
 the seeded gallery (whose float16 copy here is the ground truth of exact search).
 
 Seeding writes the service's tables with COPY rather than through its repositories, which insert row by row
-and would take hours for the largest galleries; the index definition comes from the ORM table, the schema
-from the service's migrations, and the quick benchmark test runs this seeding against that schema.
+and would take hours for the largest galleries; the index definition comes from the service's repository
+(``hnsw_index_ddl``), the schema from the service's migrations, and the quick benchmark test runs this
+seeding against that schema.
 """
 
 from __future__ import annotations
@@ -34,20 +35,11 @@ import psycopg
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
-from sqlalchemy.schema import CreateIndex
 from tqdm import tqdm
 
-from app.db.base import Base
-from app.db.tables import (
-    EMBEDDING_DIM,
-    HNSW_INDEX_NAME,
-    EventKind,
-    Fingerprint,
-    MatchDecision,
-    PalletStatus,
-)
+from app.db.tables import EventKind, MatchDecision, PalletStatus
+from app.matching.repository import HNSW_M, hnsw_index_ddl, hnsw_index_name
 from models.runtime.local_features import LocalFeatures
 from models.synth import BLOCKS_PER_PALLET
 
@@ -104,32 +96,26 @@ class Gallery:
         noise: float,
         seed: int,
     ) -> None:
-        if real_fingerprints.ndim != 3 or real_fingerprints.shape[1:] != (BLOCKS_PER_PALLET, EMBEDDING_DIM):
-            raise ValueError(f"real fingerprints must be (pallets, 6, {EMBEDDING_DIM})")
+        if real_fingerprints.ndim != 3 or real_fingerprints.shape[1] != BLOCKS_PER_PALLET:
+            raise ValueError("real fingerprints must be (pallets, 6, dims)")
         if [len(blocks) for blocks in real_features] != [BLOCKS_PER_PALLET] * len(real_fingerprints):
             raise ValueError("real features must hold 6 blocks for every real pallet")
         self._conninfo = libpq_url(database_url)
         self.model_id = model_id
         self.num_parts = num_parts
         self.noise = noise
-        self.bases = real_fingerprints.reshape(-1, EMBEDDING_DIM)
+        self.dim = int(real_fingerprints.shape[2])
+        self.bases = real_fingerprints.reshape(-1, self.dim)
         self._real = real_fingerprints
         self._real_features = [[features.to_bytes() for features in blocks] for blocks in real_features]
         """Stored local features of the real pallets; synthetic pallets have none (they have no images)."""
         self._rng = np.random.default_rng(seed)
-        self.vectors = np.empty((0, EMBEDDING_DIM), dtype=np.float16)
+        self.vectors = np.empty((0, self.dim), dtype=np.float16)
         """Every seeded fingerprint, as stored (halfvec); row ``i`` has database id ``i + 1``."""
         self.pallet_ids: list[uuid.UUID] = []
         """Seeded pallets in order; the first ``len(real_fingerprints)`` are the real pallets."""
-        self._index_sql = str(
-            CreateIndex(
-                next(
-                    i
-                    for i in Base.metadata.tables[Fingerprint.__tablename__].indexes
-                    if i.name == HNSW_INDEX_NAME
-                )
-            ).compile(dialect=postgresql.dialect())
-        )
+        self.index_name = hnsw_index_name(model_id)
+        """The service's HNSW index of ``model_id``'s fingerprints."""
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         connection = psycopg.connect(self._conninfo, autocommit=autocommit)
@@ -148,7 +134,7 @@ class Gallery:
         if pallets < max(self.pallets, len(self._real)):
             raise ValueError(f"cannot grow a gallery of {self.pallets} pallets to {pallets}")
         with self.connect(autocommit=True) as connection:
-            connection.execute(f"DROP INDEX IF EXISTS {HNSW_INDEX_NAME}")
+            connection.execute(f"DROP INDEX IF EXISTS {self.index_name}")
             self._forget_requests(connection)
         started = time.perf_counter()
         with self.connect() as connection:
@@ -177,7 +163,7 @@ class Gallery:
             sizes = connection.execute(
                 "SELECT pg_relation_size('fingerprints'), pg_relation_size(%s), "
                 "pg_total_relation_size('fingerprints'), pg_database_size(current_database())",
-                (HNSW_INDEX_NAME,),
+                (self.index_name,),
             ).fetchone()
         assert sizes is not None
         stats = GalleryStats(
@@ -196,12 +182,12 @@ class Gallery:
     def build_index(self) -> float:
         """(Re)create the service's HNSW index with enough maintenance memory for its graph; seconds taken."""
         rows = len(self.vectors)
-        memory_mb = max(64, math.ceil(rows * 2 * (EMBEDDING_DIM * 2 + 16 * 2 * 8) / 2**20))
+        memory_mb = max(64, math.ceil(rows * 2 * (self.dim * 2 + HNSW_M * 2 * 8) / 2**20))
         with self.connect(autocommit=True) as connection:
             connection.execute(f"SET maintenance_work_mem = '{memory_mb}MB'")
             logger.info("building the HNSW index over %d fingerprints", rows)
             started = time.perf_counter()
-            connection.execute(self._index_sql)
+            connection.execute(hnsw_index_ddl(self.model_id, self.dim))
             return time.perf_counter() - started
 
     def _forget_requests(self, connection: psycopg.Connection[Any]) -> None:
@@ -220,7 +206,7 @@ class Gallery:
     ) -> tuple[np.ndarray, list[uuid.UUID]]:
         """COPY ``count`` more pallets with one receipt event and six fingerprints each."""
         real_left = max(0, len(self._real) - self.pallets)
-        from_real = self._real[self.pallets : self.pallets + min(count, real_left)].reshape(-1, EMBEDDING_DIM)
+        from_real = self._real[self.pallets : self.pallets + min(count, real_left)].reshape(-1, self.dim)
         synthetic = perturbed_fingerprints(
             self.bases,
             (count - len(from_real) // BLOCKS_PER_PALLET) * BLOCKS_PER_PALLET,
@@ -282,11 +268,3 @@ class Gallery:
                         )
                     )
         return vectors, pallet_ids
-
-
-def service_hnsw_m() -> int:
-    """The ``m`` of the service's HNSW index, as declared on the table."""
-    index = next(
-        i for i in Base.metadata.tables[Fingerprint.__tablename__].indexes if i.name == HNSW_INDEX_NAME
-    )
-    return int(index.dialect_options["postgresql"]["with"]["m"])

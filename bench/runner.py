@@ -21,13 +21,14 @@ from app.db.embedded import embedded_postgres, server_settings
 from app.db.migrations import upgrade_to_head
 from app.db.session import throwaway_database
 from app.matching.parameters import decision_parameters_in_force
+from app.matching.repository import HNSW_M
 from app.matching.service import MatchingConfig
 from app.model_runner import BlockAnalysis
 from app.settings import Settings
 from bench.captures import PalletImages, render_pallets
 from bench.config import EXTRAPOLATION_PALLETS, BenchConfig
 from bench.embedding import run_embedding
-from bench.gallery import Gallery, perturbed_fingerprints, service_hnsw_m
+from bench.gallery import Gallery, perturbed_fingerprints
 from bench.growth import run_growth
 from bench.latency import http_dispatch_load, identify_breakdown, latency_targets, running_server
 from bench.search import RECALL_TARGET, index_variants, run_search
@@ -234,7 +235,7 @@ def _run_database_sections(
                         ef_values=ef_values,
                         exact_queries=config.exact_queries,
                         with_faiss=config.faiss,
-                        faiss_m=service_hnsw_m(),
+                        faiss_m=HNSW_M,
                         faiss_hnsw=size <= config.faiss_hnsw_max_pallets,
                     )
                 )

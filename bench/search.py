@@ -22,7 +22,6 @@ import psycopg
 from pgvector import HalfVector, Vector
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
-from app.db.tables import EMBEDDING_DIM
 from app.matching.repository import hnsw_search_settings, nearest_fingerprints_query
 from bench.gallery import Gallery
 from bench.timing import latency_summary
@@ -93,11 +92,14 @@ class PgSearcher:
         return cls(connection, sql=sql, params={"k": k})
 
     @classmethod
-    def for_service(cls, connection: psycopg.Connection[Any], *, model_id: str, k: int) -> PgSearcher:
-        """The service's own k-NN statement over its ``fingerprints`` table."""
-        placeholder = np.zeros(EMBEDDING_DIM, dtype=np.float32)
+    def for_service(
+        cls, connection: psycopg.Connection[Any], *, model_id: str, dim: int, k: int
+    ) -> PgSearcher:
+        """The service's own k-NN statement over its ``fingerprints`` table (``model_id`` inline, as the
+        service sends it, so that its partial HNSW index applies)."""
+        placeholder = np.zeros(dim, dtype=np.float32)
         compiled = nearest_fingerprints_query(placeholder, model_id=model_id, limit=k).compile(
-            dialect=psycopg_dialect.dialect()
+            dialect=psycopg_dialect.dialect(), compile_kwargs={"render_postcompile": True}
         )
         (query_name,) = [name for name, value in compiled.params.items() if value is placeholder]
         params = {name: value for name, value in compiled.params.items() if name != query_name}
@@ -138,7 +140,7 @@ def pgvector_search(
     """HNSW recall/time per ``ef_search`` on the service's table; PostgreSQL's exact scan for reference."""
     k = truth.shape[1]
     with gallery.connect(autocommit=True) as connection:
-        searcher = PgSearcher.for_service(connection, model_id=gallery.model_id, k=k)
+        searcher = PgSearcher.for_service(connection, model_id=gallery.model_id, dim=gallery.dim, k=k)
         searcher.configure(ef_search=max(ef_values))
         uses_index = searcher.uses_index(queries[0])
         sweep = _ef_sweep(searcher, queries, truth, ef_values)
@@ -185,7 +187,7 @@ def faiss_search(
 
     results: dict[str, Any] = {"available": True, "threads": faiss.omp_get_max_threads()}
     started = time.perf_counter()
-    flat = faiss.IndexFlatIP(EMBEDDING_DIM)
+    flat = faiss.IndexFlatIP(data.shape[1])
     flat.add(data)
     flat_build = time.perf_counter() - started
     found, seconds = _timed_queries(searcher(flat), queries32)
@@ -200,7 +202,7 @@ def faiss_search(
 
     logger.info("building a FAISS HNSW index over %d vectors", len(data))
     started = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(EMBEDDING_DIM, m, faiss.METRIC_INNER_PRODUCT)
+    hnsw = faiss.IndexHNSWFlat(data.shape[1], m, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = EF_CONSTRUCTION
     hnsw.add(data)
     hnsw_build = time.perf_counter() - started
@@ -233,7 +235,7 @@ def index_variants(
     truth = exact_top_k(vectors, queries, k)
     studies = []
     with gallery.connect(autocommit=True) as connection:
-        memory_mb = max(64, math.ceil(rows * 2 * (EMBEDDING_DIM * 4 + 32 * 2 * 8) / 2**20))
+        memory_mb = max(64, math.ceil(rows * 2 * (gallery.dim * 4 + 32 * 2 * 8) / 2**20))
         connection.execute(f"SET maintenance_work_mem = '{memory_mb}MB'")
         for column_type, opclass, wrap, type_m_values in (
             ("halfvec", "halfvec_cosine_ops", HalfVector, m_values),
@@ -242,7 +244,7 @@ def index_variants(
             table = f"bench_{column_type}"
             connection.execute(f"DROP TABLE IF EXISTS {table}")
             connection.execute(
-                f"CREATE TABLE {table} (id bigint PRIMARY KEY, embedding {column_type}({EMBEDDING_DIM}))"
+                f"CREATE TABLE {table} (id bigint PRIMARY KEY, embedding {column_type}({gallery.dim}))"
             )
             with (
                 connection.cursor() as cursor,

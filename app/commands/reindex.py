@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Read the block images kept with every receipt and dispatch, fingerprint them (and extract their "
             "local features) with the model in --checkpoint and store the results under that model's id, "
-            "beside the fingerprints of the model in service, which keeps identifying meanwhile. Resumable: "
+            "beside the fingerprints of the model in service, which keeps identifying meanwhile; the new "
+            "model may make fingerprints of another size. Its HNSW index is built at the end (concurrently: "
+            "the service keeps recording). Resumable: "
             "an interrupted run continues with the events that have no fingerprints of the new model yet. "
             "Afterwards the share of pallets each model covers is printed; switch PALLETREID_MODEL_PATH to "
             "the new checkpoint and restart the service once it covers 100 %%. Events whose images were "
@@ -75,9 +77,9 @@ class ProgressBar:
 def run(args: argparse.Namespace) -> int:
     from app.db.embedded import embedded_postgres
     from app.db.session import build_engine, build_session_factory
-    from app.db.tables import EMBEDDING_DIM
     from app.images.reindex import ReindexRepository, reindex
     from app.images.store import ImageStore
+    from app.matching.repository import MAX_INDEXED_DIM, ensure_hnsw_index
     from app.model_runner import ModelRunner
     from app.settings import Settings
     from models.runtime.checkpoint import CheckpointError
@@ -101,12 +103,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with ExitStack() as stack:
         stack.callback(runner.close)
-        if runner.embedding_dim != EMBEDDING_DIM:
+        if not 1 <= runner.embedding_dim <= MAX_INDEXED_DIM:
             logger.error(
-                "model %s makes %d-dim fingerprints; the database stores %d-dim ones",
+                "model %s makes %d-dim fingerprints; an HNSW index takes at most %d",
                 runner.model_id,
                 runner.embedding_dim,
-                EMBEDDING_DIM,
+                MAX_INDEXED_DIM,
             )
             return 2
         decision = runner.metadata.decision
@@ -127,11 +129,16 @@ def run(args: argparse.Namespace) -> int:
             progress=bar,
         )
         bar.close()
+        # Built after the rows (far faster than growing the graph row by row); concurrently, so the
+        # service keeps recording meanwhile.
+        dim = runner.embedding_dim
+        built = ensure_hnsw_index(engine, runner.model_id, dim)
         with factory() as session:
             coverage = ReindexRepository(session).coverage()
     print(
         f"model {report.model_id}: {report.events_fingerprinted} events fingerprinted "
-        f"({report.fingerprints_added} blocks), {report.events_without_images} without their images"
+        f"({report.fingerprints_added} blocks), {report.events_without_images} without their images; "
+        f"HNSW index of its {dim}-dim fingerprints {'built' if built else 'in place'}"
     )
     for item in coverage:
         print(f"  {item.model_id}: {item.pallets} pallets, {100 * item.share:.1f} % covered")

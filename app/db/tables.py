@@ -32,11 +32,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base
 
-EMBEDDING_DIM = 512
-"""Size of a stored block fingerprint; the model's ``embedding_dim`` must equal it (checked by /readyz)."""
-
-HNSW_INDEX_NAME = "ix_fingerprints_embedding_hnsw"
-
 
 class PalletStatus(StrEnum):
     IN_STOCK = "in_stock"
@@ -164,19 +159,18 @@ class Event(Base):
 
 
 class Fingerprint(Base):
-    """The embedding of one block capture, tied to the model that produced it."""
+    """The embedding of one block capture, tied to the model that produced it.
+
+    ``embedding`` has no fixed dimension: each model stores its own size. Each model's rows have their own
+    partial HNSW index over ``embedding::halfvec(<its dimension>)``, built for the model in service at start
+    and by ``palletreid reindex`` (``app.matching.repository.ensure_hnsw_index``); they are not declared
+    here because they follow the data, not the schema.
+    """
 
     __tablename__ = "fingerprints"
     __table_args__ = (
         Index("ix_fingerprints_pallet_id", "pallet_id"),
         Index("ix_fingerprints_event_id", "event_id"),
-        Index(
-            HNSW_INDEX_NAME,
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_with={"m": 16, "ef_construction": 64},
-            postgresql_ops={"embedding": "halfvec_cosine_ops"},
-        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -184,7 +178,7 @@ class Fingerprint(Base):
     event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
     model_id: Mapped[str] = mapped_column(String(128))
     position: Mapped[int] = mapped_column(SmallInteger)
-    embedding: Mapped[np.ndarray] = mapped_column(HALFVEC(EMBEDDING_DIM))
+    embedding: Mapped[np.ndarray] = mapped_column(HALFVEC())
     local_features: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Local features of the block (``LocalFeatures.to_bytes``); null if recorded before revision 0002."""
 

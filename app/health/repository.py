@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.migrations import current_revisions
-from app.db.tables import Fingerprint
 
 
 class HealthRepository:
@@ -18,13 +17,3 @@ class HealthRepository:
 
     def revisions(self) -> set[str]:
         return current_revisions(self._session.connection())
-
-    def embedding_column_dim(self) -> int | None:
-        """Declared dimension of ``fingerprints.embedding`` in the live schema (its type modifier)."""
-        return self._session.execute(
-            text(
-                "SELECT atttypmod FROM pg_attribute "
-                "WHERE attrelid = to_regclass(:table) AND attname = :column AND NOT attisdropped"
-            ),
-            {"table": Fingerprint.__tablename__, "column": Fingerprint.embedding.key},
-        ).scalar_one_or_none()

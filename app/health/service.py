@@ -1,4 +1,4 @@
-"""Readiness: database reachable, schema at the migrations' head, model loaded with the column's dimension."""
+"""Readiness: database reachable, schema at the migrations' head, model loaded with its HNSW index."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from app.health.repository import HealthRepository
 from app.health.schemas import DecisionParametersOut, GeometryOut, ModelCoverageOut, Readiness
 from app.images.reindex import CoverageCache, ModelCoverage
 from app.matching.parameters import DecisionParametersInForce
+from app.matching.repository import hnsw_index_valid
 from app.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ def check_readiness(
     repository = HealthRepository(session)
     problems: list[str] = []
     current: set[str] = set()
-    column_dim: int | None = None
     covered: list[ModelCoverage] = []
     try:
         repository.ping()
@@ -36,19 +36,14 @@ def check_readiness(
         if current != head:
             problems.append(f"database schema at {sorted(current)}, migrations head is {sorted(head)}")
         else:
-            column_dim = repository.embedding_column_dim()
             covered = coverage.current(session) if coverage is not None else []
-            if column_dim is None:
-                problems.append("fingerprints.embedding column missing")
+            if model is not None and not hnsw_index_valid(session, model.model_id):
+                problems.append(f"no valid HNSW index for the fingerprints of {model.model_id}")
     except SQLAlchemyError as error:
         logger.warning("readiness: database check failed: %s", error)
         problems.append(f"database unreachable or unusable ({type(error).__name__})")
     if model is None:
         problems.append("model not loaded")
-    elif column_dim is not None and model.embedding_dim != column_dim:
-        problems.append(
-            f"model embedding_dim {model.embedding_dim} != fingerprints column dimension {column_dim}"
-        )
     if decision is None:
         problems.append("decision parameters not resolved")
     if problems or model is None or decision is None:

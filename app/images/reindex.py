@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import Engine, and_, exists, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,7 @@ from app.db.session import unit_of_work
 from app.db.tables import BlockImage, Event, Fingerprint, Pallet, PalletStatus
 from app.errors import ConfigurationError
 from app.images.store import ImageStore
-from app.matching.repository import FingerprintRepository
+from app.matching.repository import FingerprintRepository, ensure_hnsw_index
 from models.runtime.images import ImageRejectedError, decode_image
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
 
@@ -277,3 +277,13 @@ def check_model_coverage(
     if not allow_partial:
         raise ConfigurationError(message)
     logger.warning("serving anyway (PALLETREID_ALLOW_PARTIAL_COVERAGE): %s", message)
+
+
+def ensure_serving_index(engine: Engine, model_id: str, dim: int) -> None:
+    """At start: the HNSW index of the model in service, built if missing (a model that starts on an empty
+    database, or whose reindex was interrupted before its index). A database that cannot be asked yet (not
+    migrated) is left to the readiness probe, which reports a missing index."""
+    try:
+        ensure_hnsw_index(engine, model_id, dim)
+    except SQLAlchemyError as error:
+        logger.warning("HNSW index of %s not checked (%s); see /readyz", model_id, type(error).__name__)

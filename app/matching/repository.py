@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
 import zlib
 from collections.abc import Collection, Sequence
@@ -11,16 +13,40 @@ from itertools import groupby
 import numpy as np
 from pgvector import HalfVector
 from pgvector.sqlalchemy import HALFVEC
-from sqlalchemy import Select, bindparam, cast, func, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    String,
+    bindparam,
+    cast,
+    func,
+    literal,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from app.db.tables import EMBEDDING_DIM, Fingerprint, Pallet
+from app.db.tables import Fingerprint, Pallet
 from models.runtime.local_features import LocalFeatures
 from models.runtime.voting import unit_rows
 
+logger = logging.getLogger(__name__)
+
 IDENTIFICATION_LOCK_KEY = zlib.crc32(b"palletreid:identification")
 """Key of the transaction-level advisory lock that serialises identification + registration."""
+
+INDEX_BUILD_LOCK_KEY = zlib.crc32(b"palletreid:hnsw-index-build")
+"""Key of the session-level advisory lock under which a model's HNSW index is checked and built."""
+
+HNSW_INDEX_PREFIX = "ix_fingerprints_hnsw_"
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+MAX_INDEXED_DIM = 4000
+"""pgvector indexes ``halfvec`` of up to 4 000 dimensions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +156,74 @@ class FingerprintRepository:
         self._session.flush()
 
 
+def hnsw_index_name(model_id: str) -> str:
+    """Name of ``model_id``'s HNSW index: a digest, since model ids (up to 128 characters) are longer than
+    PostgreSQL names (63 bytes). Migration 0006 holds a frozen copy of this rule."""
+    return HNSW_INDEX_PREFIX + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+
+
+def hnsw_index_ddl(model_id: str, dim: int, *, concurrently: bool = False) -> str:
+    """``CREATE INDEX`` of ``model_id``'s HNSW index: a partial index over its rows only, on the expression
+    ``embedding::halfvec(dim)`` (the column itself has no dimension, every model has its own). The k-NN
+    statements below filter on the same literal ``model_id`` and order by the same expression."""
+    if not 1 <= dim <= MAX_INDEXED_DIM:
+        raise ValueError(f"an HNSW index takes 1 to {MAX_INDEXED_DIM} dimensions, not {dim}")
+    quoted_model = "'" + model_id.replace("'", "''") + "'"  # standard_conforming_strings is on since 9.1
+    return (
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS {hnsw_index_name(model_id)} "
+        f"ON {Fingerprint.__tablename__} USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops) "
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE model_id = {quoted_model}"
+    )
+
+
+def hnsw_index_valid(connection: Connection | Session, model_id: str) -> bool | None:
+    """Whether ``model_id``'s HNSW index is usable: ``None`` without one, ``False`` for one left invalid by
+    an interrupted ``CREATE INDEX CONCURRENTLY``."""
+    valid: bool | None = connection.execute(
+        text(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = :name AND i.indrelid = to_regclass(:table)"
+        ),
+        {"name": hnsw_index_name(model_id), "table": Fingerprint.__tablename__},
+    ).scalar_one_or_none()
+    return valid
+
+
+def ensure_hnsw_index(engine: Engine, model_id: str, dim: int) -> bool:
+    """Build ``model_id``'s HNSW index unless a valid one exists; ``True`` if it was built.
+
+    ``CREATE INDEX CONCURRENTLY``: recordings continue while it is built (it waits for transactions that
+    are writing fingerprints to end). An invalid leftover of an interrupted build is dropped first. Runs
+    under a session advisory lock, so several processes starting at once build it once.
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(select(func.pg_advisory_lock(INDEX_BUILD_LOCK_KEY)))
+        try:
+            valid = hnsw_index_valid(connection, model_id)
+            if valid:
+                return False
+            name = hnsw_index_name(model_id)
+            if valid is False:
+                logger.warning("dropping the invalid HNSW index %s left by an interrupted build", name)
+                connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+            logger.info("building HNSW index %s for the %d-dim fingerprints of %s", name, dim, model_id)
+            connection.execute(text(hnsw_index_ddl(model_id, dim, concurrently=True)))
+            return True
+        finally:
+            connection.execute(select(func.pg_advisory_unlock(INDEX_BUILD_LOCK_KEY)))
+
+
+def _of_model(model_id: str) -> ColumnElement[bool]:
+    """``model_id = '<literal>'``: a literal, never a bound parameter, so that the planner matches the
+    model's partial HNSW index even in the generic plan of a prepared statement."""
+    return Fingerprint.model_id == literal(model_id, String, literal_execute=True)
+
+
+def _embedding_as(dim: int) -> ColumnElement[HalfVector]:
+    """The stored embedding as the indexed expression ``embedding::halfvec(dim)``."""
+    return cast(Fingerprint.embedding, HALFVEC(dim))
+
+
 def hnsw_search_settings(ef_search: int) -> dict[str, str]:
     """PostgreSQL settings of the service's HNSW searches (the benchmarks apply the same)."""
     return {"hnsw.ef_search": str(ef_search), "hnsw.iterative_scan": "relaxed_order"}
@@ -138,14 +232,14 @@ def hnsw_search_settings(ef_search: int) -> dict[str, str]:
 def nearest_fingerprints_query(
     embedding: np.ndarray, *, model_id: str, limit: int
 ) -> Select[int, uuid.UUID, float]:
-    """The k-NN step: fingerprints of ``model_id`` by cosine distance through the HNSW index, limited.
+    """The k-NN step: fingerprints of ``model_id`` by cosine distance through its HNSW index, limited.
 
     Shared with the benchmarks, which measure this very statement's recall and cost.
     """
-    distance = Fingerprint.embedding.cosine_distance(embedding)
+    distance = _embedding_as(embedding.shape[-1]).cosine_distance(embedding)
     return (
         select(Fingerprint.id, Fingerprint.pallet_id, distance.label("distance"))
-        .where(Fingerprint.model_id == model_id)
+        .where(_of_model(model_id))
         .order_by(distance)
         .limit(limit)
     )
@@ -168,20 +262,21 @@ def nearest_per_block_query(
     :func:`nearest_fingerprints_query`'s search for each one (an HNSW index scan per block, ordered by the
     distance to that block, limited), so a dispatch costs one round trip instead of one per block.
     """
+    dim = embeddings.shape[-1]
     vectors = bindparam(
         "query_blocks",
         [HalfVector(row) for row in np.asarray(embeddings, dtype=np.float32)],
-        type_=ARRAY(HALFVEC(EMBEDDING_DIM)),
+        type_=ARRAY(HALFVEC(dim)),
     )
     blocks = (
-        func.unnest(cast(vectors, ARRAY(HALFVEC(EMBEDDING_DIM))))
+        func.unnest(cast(vectors, ARRAY(HALFVEC(dim))))
         .table_valued("embedding", with_ordinality="block")
         .render_derived(name="query_blocks")
     )
-    distance = Fingerprint.embedding.cosine_distance(blocks.c.embedding)
+    distance = _embedding_as(dim).cosine_distance(blocks.c.embedding)
     nearest = (
         select(Fingerprint.pallet_id, distance.label("distance"))
-        .where(Fingerprint.model_id == model_id)
+        .where(_of_model(model_id))
         .order_by(distance)
         .limit(limit)
         .lateral("nearest")

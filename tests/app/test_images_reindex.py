@@ -1,27 +1,36 @@
-"""Model upgrade: the stored block images fingerprinted again by a second real (tiny) model, resumably, and
-after switching the service to it every pallet is still identified."""
+"""Model upgrade: the stored block images fingerprinted again by a second real (tiny) model of another
+fingerprint size, resumably, and after switching the service to it every pallet is still identified."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
-from api_testkit import FreshDatabase, block_files, noise_blocks
+from api_testkit import FreshDatabase, block_files, noise_blocks, unit_vectors
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, func, select
-from sqlalchemy.orm import Session
+from PIL import Image
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from app.cli import main
 from app.db.migrations import upgrade_to_head
+from app.db.session import build_session_factory
 from app.db.tables import BlockImage, Fingerprint
 from app.errors import ConfigurationError
 from app.images.reindex import ReindexRepository, reindex
 from app.images.store import ImageStore
 from app.main import create_app
+from app.matching.repository import (
+    hnsw_index_name,
+    hnsw_index_valid,
+    hnsw_search_settings,
+    nearest_per_block_query,
+)
 from app.model_runner import ModelRunner
 from app.settings import Settings
 from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint
@@ -31,10 +40,11 @@ from models.runtime.voting import GeometryParameters
 
 @pytest.fixture(scope="module")
 def second_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another random-weight PCB (other weights, other input size): another model id, same 512 dims."""
+    """Another random-weight PCB: other weights, input size and fingerprint size (4 parts x 64 = 256 dims
+    instead of 512), so another model id with its own HNSW index."""
     torch.manual_seed(1)
     model = build_model(
-        "resnet18", num_classes=0, num_parts=4, part_dim=128, part_axis="width", last_stride=1, weights=None
+        "resnet18", num_classes=0, num_parts=4, part_dim=64, part_axis="width", last_stride=1, weights=None
     )
     path = tmp_path_factory.mktemp("checkpoint-b") / "tiny-b.safetensors"
     metadata = CheckpointMetadata.for_model(
@@ -44,15 +54,6 @@ def second_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def store(client: TestClient, tmp_path: Path) -> Iterator[ImageStore]:
-    app = client.app
-    previous = app.state.image_store  # type: ignore[attr-defined]
-    app.state.image_store = ImageStore(tmp_path / "images")  # type: ignore[attr-defined]
-    yield app.state.image_store  # type: ignore[attr-defined]
-    app.state.image_store = previous  # type: ignore[attr-defined]
-
-
 def post(client: TestClient, path: str, blobs: list[bytes]) -> dict[str, Any]:
     response = client.post(path, files=block_files(blobs))
     assert response.status_code == 201, response.text
@@ -60,80 +61,118 @@ def post(client: TestClient, path: str, blobs: list[bytes]) -> dict[str, Any]:
     return body
 
 
-def test_reindex_then_switch_keeps_every_pallet(
-    client: TestClient,
-    store: ImageStore,
-    session_factory: Callable[[], Session],
-    connection: Connection,
-    database_url: str,
+def generic_search_plan(engine: Engine, queries: np.ndarray, model_id: str) -> str:
+    """EXPLAIN of the service's batched k-NN statement in the generic plan of a prepared statement (what a
+    connection reuses once it prepared the statement: the values of its parameters unknown to the planner),
+    under the service's search settings. Sequential scans are off, so the plan names an index if one can
+    serve the statement at all."""
+    statement = nearest_per_block_query(queries, model_id=model_id, limit=5)
+    compiled = statement.compile(dialect=psycopg_dialect(), compile_kwargs={"render_postcompile": True})
+    sql = str(compiled)
+    arguments = []
+    for position, (name, value) in enumerate(compiled.params.items(), start=1):
+        sql = sql.replace(f"%({name})s", f"${position}")
+        if isinstance(value, list):  # the query blocks: an array of halfvec literals
+            arguments.append("'{" + ",".join(f'"{vector.to_text()}"' for vector in value) + "}'")
+        elif isinstance(value, str):
+            arguments.append("'" + value.replace("'", "''") + "'")
+        else:
+            arguments.append(str(int(value)))
+    with engine.begin() as connection:
+        for name, setting in hnsw_search_settings(ef_search=40).items():
+            connection.execute(select(func.set_config(name, setting, True)))
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        connection.exec_driver_sql(f"PREPARE knn AS {sql}")
+        plan = "\n".join(connection.exec_driver_sql(f"EXPLAIN EXECUTE knn({', '.join(arguments)})").scalars())
+        connection.exec_driver_sql("DEALLOCATE knn")
+    return plan
+
+
+def test_reindex_then_switch_to_a_model_of_another_size_keeps_every_pallet(
+    fresh_database: FreshDatabase,
+    tiny_checkpoint: Path,
     second_checkpoint: Path,
     make_settings: Callable[..., Settings],
-    bind_to_test_connection: Callable[[TestClient], AbstractContextManager[TestClient]],
+    tmp_path: Path,
 ) -> None:
+    store = ImageStore(tmp_path / "images")
     pallets = {seed: noise_blocks(seed, count=3) for seed in (101, 102, 103, 104)}
-    registered = {seed: post(client, "/v1/receipts", blobs)["pallet_id"] for seed, blobs in pallets.items()}
-    assert post(client, "/v1/dispatches", pallets[101])["pallet_id"] == registered[101]
-    old_model = client.get("/readyz").json()["model"]
-    # Pallet 104's image file is lost: its event cannot be fingerprinted again.
-    lost = connection.scalars(
-        select(BlockImage.sha256)
-        .join(Fingerprint, Fingerprint.event_id == BlockImage.event_id)
-        .where(Fingerprint.pallet_id == registered[104])
-        .limit(1)
-    ).one()
-    store.delete(lost)
+    with fresh_database() as url:
+        upgrade_to_head(url)
+        engine = create_engine(url)
+        factory = build_session_factory(engine)
+        with TestClient(create_app(make_settings(url, tiny_checkpoint, image_store=store.root))) as old:
+            registered = {
+                seed: post(old, "/v1/receipts", blobs)["pallet_id"] for seed, blobs in pallets.items()
+            }
+            assert post(old, "/v1/dispatches", pallets[101])["pallet_id"] == registered[101]
+            old_model = old.get("/readyz").json()["model"]
+        # Pallet 104's image file is lost: its event cannot be fingerprinted again.
+        with factory() as session:
+            lost = session.scalars(
+                select(BlockImage.sha256)
+                .join(Fingerprint, Fingerprint.event_id == BlockImage.event_id)
+                .where(Fingerprint.pallet_id == registered[104])
+                .limit(1)
+            ).one()
+        store.delete(lost)
 
-    runner = ModelRunner.load(second_checkpoint, num_threads=1)
-    try:
-        assert runner.model_id != old_model
-        extractor = GeometryParameters().extractor
-        seen: list[tuple[int, int]] = []
-        first = reindex(
-            session_factory,
-            store,
-            model_id=runner.model_id,
-            embed=runner.embed,
-            extractor=extractor,
-            batch_size=2,
-            max_batches=1,
-            progress=lambda done, total: seen.append((done, total)),
-        )
-        assert (first.events_fingerprinted, first.fingerprints_added) == (2, 6)
-        assert seen == [(2, 5)]
-        rest = reindex(
-            session_factory, store, model_id=runner.model_id, embed=runner.embed, extractor=extractor
-        )
-        assert (rest.events_fingerprinted, rest.fingerprints_added, rest.events_without_images) == (2, 6, 1)
-        again = reindex(
-            session_factory, store, model_id=runner.model_id, embed=runner.embed, extractor=extractor
-        )
-        assert (again.events_fingerprinted, again.events_without_images) == (0, 1)
-    finally:
-        runner.close()
-    count = connection.scalar(
-        select(func.count()).select_from(Fingerprint).where(Fingerprint.model_id == runner.model_id)
-    )
-    assert count == 12, "four events of three blocks, each once"
-    with session_factory() as session:
-        coverage = {item.model_id: item.share for item in ReindexRepository(session).coverage()}
-    assert coverage == {old_model: 1.0, runner.model_id: 0.75}
+        runner = ModelRunner.load(second_checkpoint, num_threads=1)
+        try:
+            new_model = runner.model_id
+            assert new_model != old_model and runner.embedding_dim == 256
+            extractor = GeometryParameters().extractor
+            seen: list[tuple[int, int]] = []
+            first = reindex(
+                factory,
+                store,
+                model_id=new_model,
+                embed=runner.embed,
+                extractor=extractor,
+                batch_size=2,
+                max_batches=1,
+                progress=lambda done, total: seen.append((done, total)),
+            )
+            assert (first.events_fingerprinted, first.fingerprints_added) == (2, 6)
+            assert seen == [(2, 5)]
+            rest = reindex(factory, store, model_id=new_model, embed=runner.embed, extractor=extractor)
+            assert (rest.events_fingerprinted, rest.fingerprints_added) == (2, 6)
+            assert rest.events_without_images == 1
+            again = reindex(factory, store, model_id=new_model, embed=runner.embed, extractor=extractor)
+            assert (again.events_fingerprinted, again.events_without_images) == (0, 1)
+            new_queries = runner.embed([Image.open(io.BytesIO(blob)) for blob in pallets[102]])
+        finally:
+            runner.close()
+        with factory() as session:
+            per_model = select(Fingerprint.model_id).group_by(Fingerprint.model_id)
+            dims = func.min(func.vector_dims(Fingerprint.embedding))
+            sizes = {model: int(dim) for model, dim in session.execute(per_model.add_columns(dims))}
+            counts = {model: int(n) for model, n in session.execute(per_model.add_columns(func.count()))}
+            coverage = {item.model_id: item.share for item in ReindexRepository(session).coverage()}
+        assert sizes == {old_model: 512, new_model: 256}, "both sizes in one column"
+        assert counts == {old_model: 15, new_model: 12}, "four events of three blocks, each once"
+        assert coverage == {old_model: 1.0, new_model: 0.75}
 
-    # Switch the service to the new model: the three covered pallets are identified as before.
-    switched = create_app(make_settings(database_url, second_checkpoint, image_store=store.root))
-    with (
-        TestClient(switched, raise_server_exceptions=False) as raw,
-        bind_to_test_connection(raw) as new_client,
-    ):
-        assert new_client.get("/readyz").json()["model"] == runner.model_id
-        returning = post(new_client, "/v1/receipts", pallets[101])
-        assert (returning["decision"], returning["pallet_id"], returning["model"]) == (
-            "matched",
-            registered[101],
-            runner.model_id,
-        )
-        for seed in (102, 103):
-            leaving = post(new_client, "/v1/dispatches", pallets[seed])
-            assert (leaving["decision"], leaving["pallet_id"]) == ("matched", registered[seed])
+        # Switch the service to the new model (pallet 104's only images are lost, hence partial coverage):
+        # its HNSW index is built at start and the three covered pallets are identified as before.
+        switched = make_settings(url, second_checkpoint, image_store=store.root, allow_partial_coverage=True)
+        with TestClient(create_app(switched)) as new:
+            assert new.get("/readyz").json()["model"] == new_model
+            returning = post(new, "/v1/receipts", pallets[101])
+            assert (returning["decision"], returning["pallet_id"], returning["model"]) == (
+                "matched",
+                registered[101],
+                new_model,
+            )
+            for seed in (102, 103):
+                leaving = post(new, "/v1/dispatches", pallets[seed])
+                assert (leaving["decision"], leaving["pallet_id"]) == ("matched", registered[seed])
+        # Each model's k-NN reads through its own partial index (the old one stays for a roll-back).
+        assert hnsw_index_name(new_model) in generic_search_plan(engine, new_queries, new_model)
+        old_queries = unit_vectors(seed=7, count=2)
+        assert hnsw_index_name(old_model) in generic_search_plan(engine, old_queries, old_model)
+        engine.dispose()
 
 
 def test_reindex_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,6 +218,7 @@ def test_a_model_without_every_pallet_is_refused_until_reindexed(
         assert main(command) == 0
         out = capsys.readouterr().out
         assert "2 events fingerprinted (4 blocks), 0 without their images" in out
+        assert "HNSW index of its 256-dim fingerprints in place" in out, "built by the forced start"
         assert "2 pallets, 100.0 % covered" in out
 
         with TestClient(create_app(make_settings(url, second_checkpoint, image_store=images))) as switched:
@@ -188,3 +228,7 @@ def test_a_model_without_every_pallet_is_refused_until_reindexed(
                 ready["model"]: 1.0,
             }
             assert post(switched, "/v1/dispatches", noise_blocks(112, count=2))["decision"] == "matched"
+            engine = create_engine(url)
+            with engine.connect() as connection:
+                assert hnsw_index_valid(connection, ready["model"])
+            engine.dispose()

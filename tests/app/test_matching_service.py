@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from app.db.migrations import upgrade_to_head
 from app.db.session import build_session_factory, unit_of_work
-from app.db.tables import HNSW_INDEX_NAME, Event, EventKind, Fingerprint, MatchDecision, Pallet
-from app.matching.repository import FingerprintRepository, nearest_query
+from app.db.tables import Event, EventKind, Fingerprint, MatchDecision, Pallet
+from app.matching.repository import FingerprintRepository, hnsw_index_ddl, hnsw_index_name, nearest_query
 from app.matching.schemas import MatchResult
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
 from app.model_runner import BlockAnalysis
@@ -214,11 +214,12 @@ def test_failure_after_pallet_insert_rolls_everything_back(
 def test_knn_query_uses_the_hnsw_index(record: Record, session: Session) -> None:
     for seed in range(20, 24):
         record(EventKind.RECEIPT, block_analysis(seed=seed))
+    session.execute(text(hnsw_index_ddl(MODEL, 512)))  # built at start for the model in service
     session.execute(text("SET LOCAL enable_seqscan = off"))
     statement = nearest_query(unit_vectors(seed=20)[0], model_id=MODEL, limit=5)
     compiled = statement.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
     plan = "\n".join(session.execute(text(f"EXPLAIN {compiled}")).scalars())
-    assert HNSW_INDEX_NAME in plan
+    assert hnsw_index_name(MODEL) in plan
 
 
 def test_concurrent_dispatches_of_an_unknown_pallet_register_it_once(

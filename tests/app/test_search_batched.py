@@ -11,8 +11,13 @@ from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from app.db.session import unit_of_work
-from app.db.tables import HNSW_INDEX_NAME, EventKind, PalletStatus
-from app.matching.repository import FingerprintRepository, nearest_per_block_query
+from app.db.tables import EventKind, PalletStatus
+from app.matching.repository import (
+    FingerprintRepository,
+    hnsw_index_ddl,
+    hnsw_index_name,
+    nearest_per_block_query,
+)
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
 from models.runtime.voting import GeometryParameters, VotingThresholds
 
@@ -79,11 +84,12 @@ def test_one_statement_finds_what_the_per_block_queries_find(session: Session) -
 
 @pytest.mark.usefixtures("gallery")
 def test_the_batched_search_reads_through_the_hnsw_index(session: Session) -> None:
+    session.execute(text(hnsw_index_ddl(MODEL, 512)))  # built at start for the model in service
     session.execute(text("SET LOCAL enable_seqscan = off"))
     statement = nearest_per_block_query(_queries(), model_id=MODEL, limit=5)
     compiled = statement.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
     plan = "\n".join(session.execute(text(f"EXPLAIN {compiled}")).scalars())
-    assert HNSW_INDEX_NAME in plan
+    assert hnsw_index_name(MODEL) in plan
     assert "Lateral" in plan or "Nested Loop" in plan
 
 
