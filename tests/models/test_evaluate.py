@@ -27,7 +27,7 @@ from models.runtime.thresholds import (
     read_thresholds,
     write_decision_parameters,
 )
-from models.runtime.voting import VotingThresholds
+from models.runtime.voting import DEFAULT_TOP_K, VotingThresholds
 from models.training.data import BlockImageRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -302,7 +302,7 @@ def test_calibration_stored_in_the_checkpoint_is_used_by_default(
     stored = read_metadata(checkpoint).decision
     assert stored is not None and stored == read_decision_parameters(tmp_path / "calib" / "thresholds.json")
     assert stored.model_id == read_metadata(tiny_checkpoint).model_id
-    assert (stored.rule.top_k, stored.calibration["gallery_captures_per_pallet"]) == (10, 1)
+    assert (stored.rule.top_k, stored.calibration["gallery_captures_per_pallet"]) == (DEFAULT_TOP_K, 1)
 
     assert main([*common, "--out", str(tmp_path / "again")]) == 0
     applied = json.loads((tmp_path / "again" / "report.json").read_text())["pallet"]

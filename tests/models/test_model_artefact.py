@@ -132,6 +132,6 @@ def test_shipped_checkpoint_carries_its_calibrated_decision_parameters() -> None
     assert decision is not None and decision.model_id == metadata.model_id
     assert decision.thresholds == VotingThresholds(block_threshold=0.7, min_votes=2, score_threshold=0.64)
     assert decision.rule == RuleSettings(
-        top_k=10, shortlist_size=10, captures_per_pallet=3, fingerprint_normalisation="l2"
+        top_k=50, shortlist_size=30, captures_per_pallet=3, fingerprint_normalisation="l2"
     )
     assert decision.calibration["target_met"] is True
