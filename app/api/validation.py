@@ -6,6 +6,7 @@ a Python ``datetime`` (year 0 after conversion to UTC); both would surface as 50
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -29,7 +30,18 @@ def _within_timestamp_range(value: datetime) -> datetime:
     return value
 
 
-Timestamp = Annotated[datetime, AfterValidator(_within_timestamp_range)]
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _not_a_number(value: object) -> object:
+    """Refuse numbers: pydantic would read them (also as text) as Unix seconds, which the documented
+    ``format: date-time`` does not allow, so a client's mistake would pass silently."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
+        raise ValueError("expected an ISO 8601 date-time such as 2026-12-04T09:41:00Z, not a number")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_within_timestamp_range)]
 """An ISO 8601 date-time within a range PostgreSQL and Python both handle (naive values are UTC)."""
 
 ShortText = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE_TEXT_PATTERN)]

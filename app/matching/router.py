@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, UploadFile
 from PIL import Image
@@ -63,16 +63,20 @@ _ERRORS = error_responses(
     ModelOverloadedError,
 )
 
+# Absent file fields are empty lists, not null: a plain array of binary strings is what OpenAPI tools (and
+# schemathesis) recognise as repeated file parts; `anyOf [array, null]` is sent as text fields.
 BlocksField = Annotated[
-    list[UploadFile] | None,
+    list[UploadFile],
     File(
+        default_factory=list,
         description="1 to 12 block images (JPEG, PNG or WebP); repeat the field, order = block position. "
         "Send either `blocks` or `sides`.",
     ),
 ]
 SidesField = Annotated[
-    list[UploadFile] | None,
+    list[UploadFile],
     File(
+        default_factory=list,
         description=f"Instead of `blocks`: 1 or {MAX_SIDES} side views of the pallet (JPEG, PNG or WebP, "
         "the limits of block images; e.g. 1280x720), each showing a long side with its three blocks; repeat "
         "the field. The service finds the blocks, cuts them out (perspective-corrected) and uses them as "
@@ -250,8 +254,8 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., A
         settings: SettingsDep,
         config: MatchingConfigDep,
         store: ImageStoreDep,
-        blocks: BlocksField = None,
-        sides: SidesField = None,
+        blocks: BlocksField,
+        sides: SidesField,
         external_ref: ExternalRefField = None,
         site: SiteField = None,
         gate: GateField = None,
@@ -299,14 +303,32 @@ def _event_endpoint(kind: EventKind, name: str, summary: str) -> Callable[..., A
     return record_event
 
 
-create_receipt = router.post("/receipts", status_code=201, responses=_ERRORS)(
+_RECORDED: dict[int | str, dict[str, Any]] = {
+    201: {
+        "links": {
+            "GetPallet": {
+                "operationId": "get_pallet_v1_pallets__pallet_id__get",
+                "parameters": {"pallet_id": "$response.body#/pallet_id"},
+                "description": "The pallet the event was recorded under.",
+            },
+            "ListPalletEvents": {
+                "operationId": "list_pallet_events_v1_pallets__pallet_id__events_get",
+                "parameters": {"pallet_id": "$response.body#/pallet_id"},
+                "description": "That pallet's history.",
+            },
+        }
+    }
+}
+"""OpenAPI links of a recording's result (generated clients and schemathesis' stateful run follow them)."""
+
+create_receipt = router.post("/receipts", status_code=201, responses={**_ERRORS, **_RECORDED})(
     _event_endpoint(
         EventKind.RECEIPT,
         "create_receipt",
         "Record an arriving pallet: link a returning pallet or register a new one; it becomes in stock.",
     )
 )
-create_dispatch = router.post("/dispatches", status_code=201, responses=_ERRORS)(
+create_dispatch = router.post("/dispatches", status_code=201, responses={**_ERRORS, **_RECORDED})(
     _event_endpoint(
         EventKind.DISPATCH,
         "create_dispatch",

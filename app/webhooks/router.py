@@ -41,7 +41,22 @@ _NOT_FOUND = error_responses(SubscriptionNotFoundError)
 DeliveryIdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
-@router.post("", status_code=201)
+_SUBSCRIPTION_LINKS = {
+    name: {
+        "operationId": f"{operation}_v1_webhooks__subscription_id__{method}",
+        "parameters": {"subscription_id": "$response.body#/id"},
+        "description": description,
+    }
+    for name, operation, method, description in (
+        ("GetSubscription", "get_subscription", "get", "Read the new subscription."),
+        ("UpdateSubscription", "update_subscription", "patch", "Change it (e.g. pause it)."),
+        ("DeleteSubscription", "delete_subscription", "delete", "Remove it."),
+    )
+}
+"""OpenAPI links of a created subscription (generated clients and schemathesis' stateful run follow them)."""
+
+
+@router.post("", status_code=201, responses={201: {"links": _SUBSCRIPTION_LINKS}})
 def create_subscription(request: SubscriptionIn, session: SessionDep) -> SubscriptionCreated:
     """Subscribe a URL to events (optionally only some kinds and sites); the secret signs deliveries."""
     return WebhookService(session).create(request)

@@ -6,9 +6,11 @@ back afterwards). Every response must pass all of schemathesis' checks: no 5xx, 
 content types and headers, bodies matching the declared schemas (errors included), invalid input
 rejected, valid input accepted, and no access without the key.
 
-A stateful run then chains operations along the links schemathesis infers (an id in one response is a path
-parameter of another: create, read, change and delete a subscription; flag, detach or merge what a receipt
-recorded) with the same checks, use-after-free included.
+A stateful run then chains operations along the document's links (a receipt's or dispatch's pallet read with
+its history; a created subscription read, changed and deleted) and those schemathesis infers (an id in one
+response is a path parameter of another: flag, detach or review what a receipt recorded) with the same
+checks, use-after-free included. Its receipts and dispatches carry decodable block images (a schema cannot ask
+for image bytes), so some succeed and their links are followed to a real pallet.
 
 Documented exception (docs/api.md, "The OpenAPI document"): a schema-valid request may still be refused
 with one of ``SCHEMA_CANNOT_SAY`` — an opaque cursor the API did not issue, block files that are not images,
@@ -24,6 +26,7 @@ from typing import Any, cast
 
 import pytest
 import schemathesis
+from api_testkit import noise_blocks
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,6 +35,7 @@ from schemathesis.checks import CHECKS, CheckFunction, load_all_checks
 from schemathesis.core.transport import Response
 from schemathesis.generation import GenerationMode
 from schemathesis.generation.case import Case
+from schemathesis.hooks import HookContext
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app.settings import Settings
@@ -40,6 +44,7 @@ EXAMPLES_PER_OPERATION = 25
 STATEFUL_SEQUENCES = 15
 STATEFUL_STEPS = 6
 API_KEY = "fuzzing-admin-key-0123456789"
+RECORDINGS = ("POST /v1/receipts", "POST /v1/dispatches")
 
 SCHEMA_CANNOT_SAY = {
     "invalid_cursor": "cursors are opaque: any string is schema-valid, only issued ones are accepted",
@@ -138,6 +143,45 @@ def test_the_document_declares_the_one_error_body_for_every_error(client: TestCl
                 assert "validation_error" in operation["responses"]["422"]["description"], (method, path)
 
 
+@pytest.mark.parametrize("number", ["1700000000", "3.6e-14", "-5"])
+def test_a_number_is_not_a_date_time(client: TestClient, number: str) -> None:
+    """The document says ``format: date-time``; pydantic alone would read a number as Unix seconds."""
+    for path in (f"/v1/events?since={number}", f"/v1/pallets?seen_since={number}"):
+        response = client.get(path)
+        assert response.status_code == 422, path
+        assert "not a number" in response.json()["detail"]
+
+
+DOCUMENTED_LINKS = {
+    "/v1/receipts": {"GetPallet", "ListPalletEvents"},
+    "/v1/dispatches": {"GetPallet", "ListPalletEvents"},
+    "/v1/webhooks": {"GetSubscription", "UpdateSubscription", "DeleteSubscription"},
+}
+"""Links declared on the 201 response of each creating POST (the ids schemathesis cannot infer)."""
+
+
+def test_created_resources_link_to_the_operations_on_them(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    operations = {
+        operation["operationId"]: (path, operation)
+        for path, item in spec["paths"].items()
+        for operation in item.values()
+    }
+    for path, names in DOCUMENTED_LINKS.items():
+        links = spec["paths"][path]["post"]["responses"]["201"]["links"]
+        assert set(links) == names, path
+        for link in links.values():
+            target_path, target = operations[link["operationId"]]
+            (parameter,) = link["parameters"]
+            assert f"{{{parameter}}}" in target_path
+            assert parameter in {p["name"] for p in target["parameters"] if p["in"] == "path"}
+    transitions = dir(schemathesis.openapi.from_dict(spec).as_state_machine())
+    for path, names in DOCUMENTED_LINKS.items():
+        source = "POST" + path.replace("/", "_") + "___201_"
+        for name in names:
+            assert any(t.startswith(source + name + "__") for t in transitions), (path, name)
+
+
 def test_stateful_sequences_pass_every_check(
     authenticated_app: TestClient, bind_to_test_connection: BindToTestConnection
 ) -> None:
@@ -147,6 +191,19 @@ def test_stateful_sequences_pass_every_check(
     with bind_to_test_connection(authenticated_app) as client:
         schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
         headers = {"X-API-Key": API_KEY}
+
+        @schema.hook("flatmap_body")
+        def real_block_images(context: HookContext, body: Any) -> st.SearchStrategy[Any]:
+            """Decodable blocks for receipts and dispatches (the schema cannot ask for image bytes), so
+            recordings succeed and their links to the pallet are followed."""
+            if (
+                context.operation is None
+                or context.operation.label not in RECORDINGS
+                or not isinstance(body, dict)
+            ):
+                return st.just(body)
+            fields = {name: value for name, value in body.items() if name not in ("blocks", "sides")}
+            return st.integers(0, 2**16).map(lambda seed: {**fields, "blocks": noise_blocks(seed, 3)})
 
         class Sequences(schema.as_state_machine()):  # type: ignore[misc]
             def get_call_kwargs(self, case: Case) -> dict[str, Any]:
