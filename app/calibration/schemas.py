@@ -64,6 +64,7 @@ class CalibrationReport(BaseModel):
                     "model": "resnet18-p4x128-3fa9a0af1518",
                     "events": 1840,
                     "reviews": 12,
+                    "corrected": 31,
                     "thresholds": {
                         "match_inliers": 130,
                         "match_blocks": 2,
@@ -106,12 +107,21 @@ class CalibrationReport(BaseModel):
 
     model: str = Field(description="The model whose decisions are summarised (the one in force).")
     events: int = Field(description="Recent events with geometric evidence that were considered.")
-    reviews: int = Field(description="Of those, flagged for review (in neither sample).")
+    reviews: int = Field(description="Of those, flagged for review and still open (in neither sample).")
+    corrected: int = Field(
+        description="Of those, labelled by a person rather than by the decision: resolved reviews, and "
+        "events a merge or detach changed the pallet of (a confirmed duplicate is genuine, a detached match "
+        "an impostor)."
+    )
     thresholds: GeometryThresholds
     impostor: EvidenceSummary = Field(
-        description="Runner-up candidates of every decision and the best candidate of queries decided new."
+        description="Runner-up candidates of every decision, the best candidate of queries decided new, and "
+        "the best candidate of a match a person detached (a false match)."
     )
-    genuine: EvidenceSummary = Field(description="The matched pallet's evidence of every match.")
+    genuine: EvidenceSummary = Field(
+        description="The matched pallet's evidence of every match, and what a person confirmed below the "
+        "match threshold (a review resolved by a merge, a duplicate merged)."
+    )
     false_match: FalseMatchEstimate
     suggested: SuggestedThresholds | None = Field(
         description="Thresholds for the target rate; null with fewer than 50 impostor samples."

@@ -3,8 +3,9 @@
 Every decision records the summed inliers of the strongest checked candidate and of the runner-up. Under
 "a pallet matches one pallet at most" the runner-up is always an impostor, and so is the strongest
 candidate of a query decided new; those samples are the live impostor distribution of this deployment
-(its cameras, light and wood), which no offline calibration can know. :mod:`app.calibration.statistics`
-turns them into a false-match estimate and into suggested thresholds.
+(its cameras, light and wood), which no offline calibration can know. Operators' corrections (resolved
+reviews, merges, detaches) relabel the decisions they concern (:mod:`app.calibration.repository`).
+:mod:`app.calibration.statistics` turns the samples into a false-match estimate and suggested thresholds.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class CalibrationService:
             model=model_id,
             events=evidence.events,
             reviews=evidence.reviews,
+            corrected=evidence.corrected,
             thresholds=GeometryThresholds(
                 match_inliers=geometry.match_inliers,
                 match_blocks=geometry.match_blocks,

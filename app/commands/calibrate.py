@@ -109,6 +109,7 @@ def calibrate(args: argparse.Namespace) -> int:
             "geometry_events": evidence.events,
             "geometry_impostor_samples": len(evidence.impostor),
             "geometry_genuine_samples": len(evidence.genuine),
+            "geometry_corrected_events": evidence.corrected,
             "geometry_calibrated_from": in_force.source,
         },
     )
