@@ -38,7 +38,7 @@ class TrainConfig:
 
     data_dir: str = ""  # required: --data DIR
     out_dir: str = "runs/pcb_resnet18"
-    # model: num_parts x part_dim = the fingerprint size (the service's halfvec(512) column)
+    # model: num_parts x part_dim = the fingerprint size (512 for the shipped model; the service stores any)
     arch: str = DEFAULT_ARCH
     num_parts: int = DEFAULT_NUM_PARTS
     part_dim: int = DEFAULT_PART_DIM
