@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import warnings
 from datetime import UTC, datetime
@@ -27,17 +28,14 @@ INTERNAL_LOGGERS = ("pgserver", "alembic")
 """Libraries whose INFO lines narrate their internals (initdb output, pg_ctl command lines, Alembic plugin
 set-up, each revision run). Shown at DEBUG only; ``palletreid serve`` states the outcome in a line."""
 
-UVICORN_CHATTER = frozenset(
-    {
-        "Started server process [%d]",
-        "Waiting for application startup.",
-        "Application startup complete.",
-        "Waiting for application shutdown.",
-        "Application shutdown complete.",
-        "Finished server process [%d]",
-    }
+UVICORN_CHATTER = re.compile(
+    r"(Started|Finished) server process \[\d+\]"
+    r"|(Started|Stopping) parent process \[\d+\]"
+    r"|Waiting for child process \[\d+\]"
+    r"|Waiting for application (startup|shutdown)\."
+    r"|Application (startup|shutdown) complete\."
 )
-"""uvicorn's lifecycle messages (templates) left out above DEBUG; its listen address and errors stay."""
+"""uvicorn's lifecycle messages, left out above DEBUG; its listen address, signals and errors stay."""
 
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 """Polled every few seconds by orchestrators and scrapers: their successful requests are logged at DEBUG."""
@@ -99,7 +97,7 @@ class JsonFormatter(logging.Formatter):
 
 class _DropUvicornChatter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in UVICORN_CHATTER
+        return UVICORN_CHATTER.fullmatch(record.getMessage()) is None
 
 
 def build_handler(log_format: LogFormat, stream: TextIO | None = None) -> logging.Handler:

@@ -165,6 +165,7 @@ def test_serve_starts_with_a_few_json_lines(
     messages = "\n".join(entry["message"] for entry in entries[: len(start_up)])
     assert len(start_up) <= 8, messages
     assert not [e for e in entries if e["logger"].split(".")[0] in ("alembic", "pgserver", "py")], messages
+    assert "Application startup complete." not in messages and "Started server process" not in messages
     assert "schema migrated from an empty schema to" in messages
     assert read_metadata(tiny_checkpoint).model_id in messages
     assert "decision parameters from environment" in messages
