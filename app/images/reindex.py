@@ -279,11 +279,23 @@ def check_model_coverage(
     logger.warning("serving anyway (PALLETREID_ALLOW_PARTIAL_COVERAGE): %s", message)
 
 
-def ensure_serving_index(engine: Engine, model_id: str, dim: int) -> None:
+START_INDEX_LOCK_TIMEOUT_S = 60.0
+"""How long the start waits for transactions writing fingerprints before it gives up building an index."""
+
+
+def ensure_serving_index(
+    engine: Engine, model_id: str, dim: int, *, lock_timeout_s: float = START_INDEX_LOCK_TIMEOUT_S
+) -> None:
     """At start: the HNSW index of the model in service, built if missing (a model that starts on an empty
-    database, or whose reindex was interrupted before its index). A database that cannot be asked yet (not
-    migrated) is left to the readiness probe, which reports a missing index."""
+    database, or whose reindex was interrupted before its index). The service starts anyway when it cannot
+    be built (a database not migrated yet, or transactions writing fingerprints for longer than
+    ``lock_timeout_s``): ``/readyz`` then reports the missing index instead of the start hanging."""
     try:
-        ensure_hnsw_index(engine, model_id, dim)
+        ensure_hnsw_index(engine, model_id, dim, lock_timeout_s=lock_timeout_s)
     except SQLAlchemyError as error:
-        logger.warning("HNSW index of %s not checked (%s); see /readyz", model_id, type(error).__name__)
+        logger.warning(
+            "HNSW index of %s not built (%s); /readyz stays not ready until it is: restart the service "
+            "or run `palletreid reindex --checkpoint <this model>`",
+            model_id,
+            type(error).__name__,
+        )

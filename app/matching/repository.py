@@ -189,28 +189,41 @@ def hnsw_index_valid(connection: Connection | Session, model_id: str) -> bool | 
     return valid
 
 
-def ensure_hnsw_index(engine: Engine, model_id: str, dim: int) -> bool:
+def ensure_hnsw_index(
+    engine: Engine, model_id: str, dim: int, *, lock_timeout_s: float | None = None
+) -> bool:
     """Build ``model_id``'s HNSW index unless a valid one exists; ``True`` if it was built.
 
     ``CREATE INDEX CONCURRENTLY``: recordings continue while it is built (it waits for transactions that
     are writing fingerprints to end). An invalid leftover of an interrupted build is dropped first. Runs
-    under a session advisory lock, so several processes starting at once build it once.
+    under a session advisory lock, so several processes starting at once build it once. With
+    ``lock_timeout_s``, a wait for those transactions longer than that raises ``OperationalError`` (the
+    invalid index it leaves is dropped by the next call).
     """
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(select(func.pg_advisory_lock(INDEX_BUILD_LOCK_KEY)))
+        timeout = "0" if lock_timeout_s is None else f"{round(lock_timeout_s * 1000)}ms"
+        connection.execute(select(func.set_config("lock_timeout", timeout, False)))
         try:
-            valid = hnsw_index_valid(connection, model_id)
-            if valid:
-                return False
-            name = hnsw_index_name(model_id)
-            if valid is False:
-                logger.warning("dropping the invalid HNSW index %s left by an interrupted build", name)
-                connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-            logger.info("building HNSW index %s for the %d-dim fingerprints of %s", name, dim, model_id)
-            connection.execute(text(hnsw_index_ddl(model_id, dim, concurrently=True)))
-            return True
-        finally:
-            connection.execute(select(func.pg_advisory_unlock(INDEX_BUILD_LOCK_KEY)))
+            connection.execute(select(func.pg_advisory_lock(INDEX_BUILD_LOCK_KEY)))
+            try:
+                return _build_hnsw_index(connection, model_id, dim)
+            finally:
+                connection.execute(select(func.pg_advisory_unlock(INDEX_BUILD_LOCK_KEY)))
+        finally:  # the connection goes back to the pool
+            connection.execute(text("RESET lock_timeout"))
+
+
+def _build_hnsw_index(connection: Connection, model_id: str, dim: int) -> bool:
+    valid = hnsw_index_valid(connection, model_id)
+    if valid:
+        return False
+    name = hnsw_index_name(model_id)
+    if valid is False:
+        logger.warning("dropping the invalid HNSW index %s left by an interrupted build", name)
+        connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+    logger.info("building HNSW index %s for the %d-dim fingerprints of %s", name, dim, model_id)
+    connection.execute(text(hnsw_index_ddl(model_id, dim, concurrently=True)))
+    return True
 
 
 def _of_model(model_id: str) -> ColumnElement[bool]:

@@ -4,6 +4,7 @@ fingerprint size, resumably, and after switching the service to it every pallet 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from api_testkit import FreshDatabase, block_files, noise_blocks, unit_vectors
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from app.cli import main
@@ -22,10 +23,11 @@ from app.db.migrations import upgrade_to_head
 from app.db.session import build_session_factory
 from app.db.tables import BlockImage, Fingerprint
 from app.errors import ConfigurationError
-from app.images.reindex import ReindexRepository, reindex
+from app.images.reindex import ReindexRepository, ensure_serving_index, reindex
 from app.images.store import ImageStore
 from app.main import create_app
 from app.matching.repository import (
+    ensure_hnsw_index,
     hnsw_index_name,
     hnsw_index_valid,
     hnsw_search_settings,
@@ -33,7 +35,7 @@ from app.matching.repository import (
 )
 from app.model_runner import ModelRunner
 from app.settings import Settings
-from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint
+from models.runtime.checkpoint import CheckpointMetadata, read_metadata, save_checkpoint
 from models.runtime.pcb import build_model
 from models.runtime.voting import GeometryParameters
 
@@ -232,3 +234,29 @@ def test_a_model_without_every_pallet_is_refused_until_reindexed(
             with engine.connect() as connection:
                 assert hnsw_index_valid(connection, ready["model"])
             engine.dispose()
+
+
+def test_a_start_that_cannot_build_its_index_is_not_ready_rather_than_stuck(
+    fresh_database: FreshDatabase, tiny_checkpoint: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_id = read_metadata(tiny_checkpoint).model_id
+    with fresh_database() as url:
+        upgrade_to_head(url)
+        writers, service = create_engine(url), create_engine(url, pool_size=1, max_overflow=0)
+        with writers.connect() as writer:
+            # A transaction writing fingerprints: a concurrent build must wait for it to end.
+            writer.execute(text("LOCK TABLE fingerprints IN ROW EXCLUSIVE MODE"))
+            started = time.monotonic()
+            ensure_serving_index(service, model_id, 512, lock_timeout_s=0.5)
+            assert time.monotonic() - started < 10, "gave up instead of waiting"
+            assert "not built (OperationalError)" in caplog.text
+            with service.connect() as connection:
+                assert hnsw_index_valid(connection, model_id) is False, "the interrupted build's leftover"
+                assert connection.execute(text("SHOW lock_timeout")).scalar_one() == "0", "not kept pooled"
+            writer.rollback()
+        assert ensure_hnsw_index(service, model_id, 512), "leftover dropped, index built"
+        assert not ensure_hnsw_index(service, model_id, 512), "in place"
+        with service.connect() as connection:
+            assert hnsw_index_valid(connection, model_id)
+        writers.dispose()
+        service.dispose()
