@@ -15,12 +15,13 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -130,15 +131,21 @@ class DispatchOutcome:
     status: int
     pallet_id: str | None
     overloaded_retries: int = 0
+    decision: str | None = None
+    """``matched`` or ``registered`` (``None`` when refused)."""
+    review: bool = False
 
 
 MAX_OVERLOADED_RETRIES = 30
 
 
-async def _post_dispatch(client: httpx.AsyncClient, blocks: Sequence[bytes]) -> DispatchOutcome:
-    """One dispatch as a camera station sends it: refused with ``503 overloaded``, it waits ``Retry-After``
-    seconds and sends it again (nothing was stored), up to ``MAX_OVERLOADED_RETRIES`` times."""
-    files = [("blocks", (f"block{position}.jpg", blob, "image/jpeg")) for position, blob in enumerate(blocks)]
+async def _post_dispatch(
+    client: httpx.AsyncClient, images: Sequence[bytes], field: str = "blocks"
+) -> DispatchOutcome:
+    """One dispatch as a camera station sends it (``images`` as ``field``: block crops, or side views with
+    ``sides``): refused with ``503 overloaded``, it waits ``Retry-After`` seconds and sends it again (nothing
+    was stored), up to ``MAX_OVERLOADED_RETRIES`` times."""
+    files = [(field, (f"{field}{index}.jpg", blob, "image/jpeg")) for index, blob in enumerate(images)]
     started = time.perf_counter()
     retries = 0
     while True:
@@ -149,25 +156,36 @@ async def _post_dispatch(client: httpx.AsyncClient, blocks: Sequence[bytes]) -> 
         retries += 1
         await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
     seconds = time.perf_counter() - started
-    pallet_id = response.json().get("pallet_id") if response.status_code == 201 else None
+    body = response.json() if response.status_code == 201 else {}
     return DispatchOutcome(
-        seconds=seconds, status=response.status_code, pallet_id=pallet_id, overloaded_retries=retries
+        seconds=seconds,
+        status=response.status_code,
+        pallet_id=body.get("pallet_id"),
+        overloaded_retries=retries,
+        decision=body.get("decision"),
+        review=bool(body.get("review")),
     )
 
 
 async def _load(
-    base_url: str, payloads: Sequence[Sequence[bytes]], *, concurrency: int, requests: int, warmup: int
+    base_url: str,
+    payloads: Sequence[Sequence[bytes]],
+    *,
+    concurrency: int,
+    requests: int,
+    warmup: int,
+    field: str = "blocks",
 ) -> tuple[list[tuple[int, DispatchOutcome]], float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
         for index in range(warmup):
-            await _post_dispatch(client, payloads[index % len(payloads)])
+            await _post_dispatch(client, payloads[index % len(payloads)], field)
         counter = itertools.count()
         outcomes: list[tuple[int, DispatchOutcome]] = []
 
         async def worker() -> None:
             while (index := next(counter)) < requests:
-                outcomes.append((index, await _post_dispatch(client, payloads[index % len(payloads)])))
+                outcomes.append((index, await _post_dispatch(client, payloads[index % len(payloads)], field)))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -182,11 +200,22 @@ def http_dispatch_load(
     concurrency: int,
     requests: int,
     warmup: int,
+    field: str = "blocks",
 ) -> dict[str, Any]:
-    """Latency percentiles and throughput of ``requests`` dispatches with ``concurrency`` in flight."""
+    """Latency percentiles and throughput of ``requests`` dispatches with ``concurrency`` in flight; each
+    payload is sent as the multipart ``field`` (``blocks``: block crops; ``sides``: side views)."""
     outcomes, wall_s = asyncio.run(
-        _load(server.base_url, payloads, concurrency=concurrency, requests=requests, warmup=warmup)
+        _load(
+            server.base_url, payloads, concurrency=concurrency, requests=requests, warmup=warmup, field=field
+        )
     )
+    return {"concurrency": concurrency, **_summary(outcomes, expected, wall_s)}
+
+
+def _summary(
+    outcomes: Sequence[tuple[int, DispatchOutcome]], expected: Sequence[uuid.UUID], wall_s: float
+) -> dict[str, Any]:
+    """Counts, decisions (request ``i`` expects pallet ``expected[i % len]``), throughput and latency."""
     ok = [outcome for _, outcome in outcomes if outcome.status == 201]
     failed = len(outcomes) - len(ok)
     if failed:
@@ -194,15 +223,107 @@ def http_dispatch_load(
             "%d of %d dispatches failed (statuses %s)", failed, len(outcomes), {o.status for _, o in outcomes}
         )
     matched = sum(outcome.pallet_id == str(expected[index % len(expected)]) for index, outcome in outcomes)
+    decisions = {"matched_expected": 0, "matched_other": 0, "registered_review": 0, "registered": 0}
+    for index, outcome in outcomes:
+        if outcome.decision == "matched":
+            right = outcome.pallet_id == str(expected[index % len(expected)])
+            decisions["matched_expected" if right else "matched_other"] += 1
+        elif outcome.decision == "registered":
+            decisions["registered_review" if outcome.review else "registered"] += 1
     return {
-        "concurrency": concurrency,
         "requests": len(outcomes),
         "failed": failed,
         "pallets_per_s": round(len(ok) / wall_s, 2),
         "overloaded_retries": sum(outcome.overloaded_retries for _, outcome in outcomes),
         "matched_expected_pallet": round(matched / len(outcomes), 3),
+        "decisions": decisions,
         **latency_summary([outcome.seconds for outcome in ok]),
     }
+
+
+@dataclass(frozen=True)
+class DispatchKind:
+    """A dispatch input of ``interleaved_dispatch_load``: payload ``i`` shows pallet ``expected[i]``."""
+
+    field: str
+    """The multipart field: ``blocks`` (block crops) or ``sides`` (side views)."""
+    payloads: Sequence[Sequence[bytes]]
+    expected: Sequence[uuid.UUID]
+
+
+def interleaved_dispatch_load(
+    server: RunningServer,
+    kinds: Mapping[str, DispatchKind],
+    *,
+    requests: int,
+    warmup: int,
+    after_warmup: Callable[[], object] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per kind, the summary of ``requests`` dispatches sent one at a time with the kinds taking turns
+    (which goes first alternates), so a machine whose load changes during the run slows every kind alike;
+    each with ``stage_mean_ms``, the mean per stage of its dispatches read from the service's ``/metrics``.
+    ``after_warmup`` runs between the warm-up dispatches and the timed ones (e.g. to forget the warm-up's
+    events, so no timed dispatch finds its own images already recorded)."""
+    return asyncio.run(
+        _interleaved(server.base_url, kinds, requests=requests, warmup=warmup, after_warmup=after_warmup)
+    )
+
+
+async def _interleaved(
+    base_url: str,
+    kinds: Mapping[str, DispatchKind],
+    *,
+    requests: int,
+    warmup: int,
+    after_warmup: Callable[[], object] | None,
+) -> dict[str, dict[str, Any]]:
+    names = list(kinds)
+    outcomes: dict[str, list[tuple[int, DispatchOutcome]]] = {name: [] for name in names}
+    stages: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in names}
+    async with httpx.AsyncClient(base_url=base_url, timeout=300) as client:
+        for index in range(warmup):
+            for kind in kinds.values():
+                await _post_dispatch(client, kind.payloads[index % len(kind.payloads)], kind.field)
+        if after_warmup is not None:
+            after_warmup()
+        for index in range(requests):
+            for name in names if index % 2 == 0 else names[::-1]:
+                kind = kinds[name]
+                before = parse_stage_seconds((await client.get("/metrics")).text)
+                outcome = await _post_dispatch(client, kind.payloads[index % len(kind.payloads)], kind.field)
+                after = parse_stage_seconds((await client.get("/metrics")).text)
+                outcomes[name].append((index, outcome))
+                for stage, (seconds, count) in after.items():
+                    seconds_before, count_before = before.get(stage, (0.0, 0.0))
+                    total, observed = stages[name].get(stage, (0.0, 0.0))
+                    stages[name][stage] = (total + seconds - seconds_before, observed + count - count_before)
+    return {
+        name: {
+            "concurrency": 1,
+            **_summary(
+                outcomes[name], kinds[name].expected, sum(outcome.seconds for _, outcome in outcomes[name])
+            ),
+            "stage_mean_ms": {
+                stage: round(seconds / count * 1000, 1)
+                for stage, (seconds, count) in stages[name].items()
+                if count > 0
+            },
+        }
+        for name in names
+    }
+
+
+_STAGE_SERIES = re.compile(
+    r'^palletreid_stage_duration_seconds_(sum|count)\{kind="dispatch",stage="(\w+)"\} (\S+)$', re.MULTILINE
+)
+
+
+def parse_stage_seconds(text: str) -> dict[str, tuple[float, float]]:
+    """Per stage of dispatches, (seconds, observations) so far, from the service's Prometheus text."""
+    totals: dict[str, dict[str, float]] = {}
+    for series, stage, value in _STAGE_SERIES.findall(text):
+        totals.setdefault(stage, {})[series] = float(value)
+    return {stage: (values.get("sum", 0.0), values.get("count", 0.0)) for stage, values in totals.items()}
 
 
 def identify_breakdown(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.detection import DETECTION_MS_TARGET, main, run_detection_bench
+from bench.latency import parse_stage_seconds
 from models.runtime.detector import BlockDetector, BlockDetectorNet, DetectorMetadata, save_detector
 
 
@@ -44,3 +45,17 @@ def test_bench_command_writes_json(
     assert printed == json.loads(output.read_text())
     assert printed["detection"]["image_size"] == [1280, 720]
     assert "cpu" in printed["machine"]
+
+
+def test_stage_seconds_are_read_from_the_dispatch_series_of_the_metrics() -> None:
+    """The dispatch comparison's stage breakdown reads only dispatches' sums and counts."""
+    text = (
+        'palletreid_stage_duration_seconds_bucket{kind="dispatch",stage="detect",le="0.1"} 5\n'
+        'palletreid_stage_duration_seconds_sum{kind="dispatch",stage="detect"} 0.8\n'
+        'palletreid_stage_duration_seconds_count{kind="dispatch",stage="detect"} 6\n'
+        'palletreid_stage_duration_seconds_sum{kind="receipt",stage="detect"} 9\n'
+        'palletreid_stage_duration_seconds_sum{kind="dispatch",stage="forward"} 0.2\n'
+        'palletreid_stage_duration_seconds_count{kind="dispatch",stage="forward"} 2\n'
+    )
+    assert parse_stage_seconds(text) == {"detect": (0.8, 6.0), "forward": (0.2, 2.0)}
+    assert parse_stage_seconds("palletreid_http_requests_total 3\n") == {}
