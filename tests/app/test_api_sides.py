@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.db.migrations import upgrade_to_head
 from app.db.tables import BlockImage, Event, Fingerprint, IdempotencyKey, Pallet
+from app.errors import ConfigurationError
 from app.images.store import ImageStore
 from app.main import create_app
 from app.matching.sides import BLOCKS_PER_SIDE, used_detections
@@ -296,3 +297,22 @@ def test_the_readme_side_view_tour(shipped_client: TestClient) -> None:
         assert dispatch["pallet_id"] == receipt["pallet_id"]
     else:
         assert dispatch["review"] is True
+
+
+@pytest.mark.parametrize("which", ["missing", "a fingerprint model"])
+def test_an_unusable_detector_refuses_to_start(
+    database_url: str,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    which: str,
+) -> None:
+    """PALLETREID_DETECTOR_PATH is checked at start like the fingerprint model (the PCB file is refused by
+    the detector's loader: its own format key)."""
+    path = tmp_path / "missing.safetensors" if which == "missing" else tiny_checkpoint
+    settings = make_settings(database_url, tiny_checkpoint, detector_path=path)
+    with (
+        pytest.raises(ConfigurationError, match="PALLETREID_DETECTOR_PATH"),
+        TestClient(create_app(settings)),
+    ):
+        pass
