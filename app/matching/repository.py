@@ -222,7 +222,10 @@ def _build_hnsw_index(connection: Connection, model_id: str, dim: int) -> bool:
         logger.warning("dropping the invalid HNSW index %s left by an interrupted build", name)
         connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
     logger.info("building HNSW index %s for the %d-dim fingerprints of %s", name, dim, model_id)
-    connection.execute(text(hnsw_index_ddl(model_id, dim, concurrently=True)))
+    # sent as it is: the model id in it is data, neither text() nor the driver may read ":x" or "%s" in it
+    connection.exec_driver_sql(
+        hnsw_index_ddl(model_id, dim, concurrently=True), execution_options={"no_parameters": True}
+    )
     return True
 
 

@@ -46,9 +46,11 @@ def upgrade() -> None:
     models = bind.execute(sa.text("SELECT DISTINCT model_id FROM fingerprints ORDER BY model_id")).scalars()
     for model_id in list(models):
         quoted = "'" + model_id.replace("'", "''") + "'"
-        op.execute(
+        # sent as it is: the model id is data, neither text() nor the driver may read ":x" or "%s" in it
+        bind.exec_driver_sql(
             f"CREATE INDEX {_index_name(model_id)} ON fingerprints USING hnsw "
-            f"((embedding::halfvec({OLD_DIM})) halfvec_cosine_ops) {HNSW_WITH} WHERE model_id = {quoted}"
+            f"((embedding::halfvec({OLD_DIM})) halfvec_cosine_ops) {HNSW_WITH} WHERE model_id = {quoted}",
+            execution_options={"no_parameters": True},
         )
 
 

@@ -172,12 +172,12 @@ def test_0006_keeps_the_fingerprints_and_indexes_each_model(fresh_database: Fres
         vectors = unit_vectors(seed=5, count=2)
         with engine.begin() as connection:
             _add_fingerprint(connection, "model-a", vectors[0])
-            _add_fingerprint(connection, "model-'b'", vectors[1])  # quoted in the index predicate
+            _add_fingerprint(connection, "model-'b' :x %s", vectors[1])  # quoted, and no parameter
             assert _fingerprint_schema(connection) == (512, {OLD_HNSW_INDEX}, 2)
 
         command.upgrade(config, "0006")
 
-        names = {hnsw_index_name("model-a"), hnsw_index_name("model-'b'")}
+        names = {hnsw_index_name("model-a"), hnsw_index_name("model-'b' :x %s")}
         with engine.begin() as connection:
             assert _fingerprint_schema(connection) == (-1, names, 2)
             connection.execute(text("SET LOCAL enable_seqscan = off"))
