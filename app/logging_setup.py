@@ -9,6 +9,7 @@ response and writes the request's line to the ``app.requests`` logger.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -17,6 +18,7 @@ import warnings
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.request_context import REQUEST_ID_HEADER, RequestContext, current_request, handling, request_id_from
@@ -134,6 +136,8 @@ class RequestLogMiddleware:
     """Request id in, request id out, and one log line per request.
 
     Outermost middleware: its context holds for everything the request runs, the other middlewares included.
+    An unexpected exception is answered with the app's handler for ``Exception`` inside that context (and
+    not raised further: the handler has logged it).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -150,17 +154,28 @@ class RequestLogMiddleware:
         header = (REQUEST_ID_HEADER.lower().encode(), request.request_id.encode())
         started = time.perf_counter()
         status = 500
+        started_response = False
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
         with handling(request):
             try:
                 await self.app(scope, receive, send_with_request_id)
+            except Exception as error:
+                # Rendered here, not by Starlette's outermost ServerErrorMiddleware, so that the handler's
+                # log line (with the traceback) carries the request id and the 500 the X-Request-ID header.
+                handler = getattr(scope.get("app"), "exception_handlers", {}).get(Exception)
+                if started_response or handler is None:
+                    raise
+                response = handler(Request(scope, receive), error)
+                if inspect.isawaitable(response):
+                    response = await response
+                await response(scope, receive, send_with_request_id)
             finally:
                 _log_request(scope, request, status, time.perf_counter() - started)
 

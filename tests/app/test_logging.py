@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import pytest
 from api_testkit import block_files, noise_blocks
-from conftest import FreshDatabase
+from conftest import FreshDatabase, SettingsFactory
 from fastapi.testclient import TestClient
 
 from app.logging_setup import LogFormat, build_handler
+from app.main import create_app
 from models.runtime.checkpoint import read_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +107,29 @@ def test_text_lines_tag_the_request_and_probes_stay_quiet(client: TestClient, ca
     assert re.fullmatch(
         r"\S+ \S+ INFO app\.requests \[reader-1\]: GET /v1/pallets/not-a-uuid 422 [0-9.]+ ms", line
     ), line
+
+
+def test_an_unexpected_error_is_logged_and_answered_under_the_request_id(
+    database_url: str, tiny_checkpoint: Path, make_settings: SettingsFactory, capture_logs: Capture
+) -> None:
+    app = create_app(make_settings(database_url, tiny_checkpoint))
+
+    def explode() -> None:
+        raise RuntimeError("disk full")
+
+    app.add_api_route("/explode", explode)
+    lines = capture_logs("json")
+    response = TestClient(app).get("/explode", headers={"X-Request-ID": "boom-1"})  # no lifespan needed
+
+    assert response.status_code == 500  # answered, not raised into the client
+    assert response.json() == {"type": "internal_error", "detail": "internal server error"}
+    assert response.headers["X-Request-ID"] == "boom-1"
+    entries = [json.loads(line) for line in lines()]
+    (error,) = [entry for entry in entries if entry["level"] == "ERROR"]
+    assert error["request_id"] == "boom-1"
+    assert "RuntimeError: disk full" in error["exception"]
+    (request,) = [entry for entry in entries if entry["logger"] == "app.requests"]
+    assert (request["request_id"], request["status"]) == ("boom-1", 500)
 
 
 def _free_port() -> int:
