@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import socket
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -58,3 +59,10 @@ def pick(analysis: BlockAnalysis, rows: list[int]) -> BlockAnalysis:
     return BlockAnalysis(
         fingerprints=analysis.fingerprints[rows], features=[analysis.features[row] for row in rows]
     )
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (for servers a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from api_testkit import FreshDatabase, block_files, noise_blocks
+from api_testkit import FreshDatabase, block_files, free_port, noise_blocks
 from sqlalchemy import create_engine, func, select
 
 from app.commands.serve import worker_environment
@@ -30,12 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_DEADLINE_S = 240.0
 """A cold start imports torch in every process; a loaded two-core machine takes minutes (not a speed test)."""
 DISPATCHES_PER_SERVER = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _environment(tiny_checkpoint: Path, images: Path, database_url: str | None) -> dict[str, str]:
@@ -66,7 +59,7 @@ def _serving(
     arguments: Sequence[str], env: dict[str, str], log: Path
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``palletreid serve`` on a free loopback port until the block ends; yields its URL and process."""
-    port = _free_port()
+    port = free_port()
     with log.open("w") as output:
         process = subprocess.Popen(
             [

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from api_testkit import FreshDatabase, block_files, noise_blocks
+from api_testkit import FreshDatabase, block_files, free_port, noise_blocks
 from sqlalchemy import create_engine, text
 
 from app.db.migrations import upgrade_to_head
@@ -32,12 +31,6 @@ BLOCKS_PER_REQUEST = 4
 IN_FLIGHT = 24
 TIMEOUT = httpx.Timeout(60.0)
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -56,7 +49,7 @@ def live_server(
     app = create_app(
         make_settings(migrated_database, tiny_checkpoint, db_pool_size=8, max_queued_requests=IN_FLIGHT)
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, workers=1))
     thread = threading.Thread(target=server.run, name="uvicorn-under-test", daemon=True)
     thread.start()
@@ -166,7 +159,7 @@ def test_many_concurrent_receipts_and_dispatches_keep_every_invariant(
 def test_killing_the_server_mid_request_leaves_no_partial_rows(
     migrated_database: str, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": migrated_database,

@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_testkit import block_files, noise_blocks
+from api_testkit import block_files, free_port, noise_blocks
 from conftest import FreshDatabase, SettingsFactory
 from fastapi.testclient import TestClient
 
@@ -132,17 +131,10 @@ def test_an_unexpected_error_is_logged_and_answered_under_the_request_id(
     assert (request["request_id"], request["status"]) == ("boom-1", 500)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_serve_starts_with_a_few_json_lines(
     fresh_database: FreshDatabase, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     environment = {
         **os.environ,
         "PALLETREID_LOG_FORMAT": "json",

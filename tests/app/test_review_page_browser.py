@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from api_testkit import FreshDatabase, block_files
+from api_testkit import FreshDatabase, block_files, free_port
 from sqlalchemy import create_engine, select
 
 from app.db.migrations import upgrade_to_head
@@ -56,12 +55,6 @@ def chromium() -> str:
     return executable
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def migrated_database(fresh_database: FreshDatabase) -> Iterator[str]:
     with fresh_database() as url:
@@ -78,7 +71,7 @@ def live_server(
     settings = make_settings(
         migrated_database, tiny_checkpoint, api_keys=f"admin:lead:{ADMIN_KEY}", image_store=images
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, workers=1)
     )
