@@ -54,8 +54,10 @@ from models.evaluation.verified import (
     genuine_and_impostor_sums,
     verify_queries,
 )
+from models.runtime.checkpoint import DEFAULT_CHECKPOINT, load_vocabulary
 from models.runtime.images import load_image_file
 from models.runtime.inference import Embedder
+from models.runtime.visual_words import VisualVocabulary
 from models.runtime.voting import (
     DEFAULT_SHORTLIST_SIZE,
     DEFAULT_TOP_K,
@@ -257,6 +259,7 @@ def verified_level(
     shortlist_size: int,
     features_cache: Path | None,
     workers: int,
+    vocabulary: VisualVocabulary | None = None,
 ) -> VerifiedEvaluation:
     """The banded rule at every gallery size (sizes above the number of known pallets are capped)."""
     sizes = effective_gallery_sizes(gallery_sizes, len(protocol.known_pallets))
@@ -285,6 +288,7 @@ def verified_level(
                 shortlist_size=shortlist_size,
                 workers=workers,
                 description=f"verified rule, gallery {size}",
+                vocabulary=vocabulary,
             )
             figures.append(gallery_size_figures(size, outcomes))
     finally:
@@ -300,6 +304,9 @@ def verified_level(
         gallery_sizes=figures,
         features_extracted=store.extracted,
         features_from_cache=store.loaded,
+        vocabulary_id=vocabulary.vocabulary_id
+        if vocabulary is not None and geometry.word_candidates_checked > 0
+        else None,
     )
     return VerifiedEvaluation(report=report, largest_gallery_outcomes=outcomes, geometry=geometry)
 
@@ -394,6 +401,7 @@ def evaluate_checkpoint(
                 shortlist_size=shortlist_size,
                 features_cache=Path(cache_root) / FEATURES_CACHE if cache_root is not None else None,
                 workers=workers,
+                vocabulary=load_vocabulary(checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT),
             )
     else:
         logger.info("dataset has no block positions; skipping the pallet-level evaluation")

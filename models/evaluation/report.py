@@ -83,6 +83,8 @@ class VerifiedLevelReport:
     features_extracted: int
     """Images whose local features this run extracted (the rest came from the cache)."""
     features_from_cache: int
+    vocabulary_id: str | None = None
+    """The visual-word vocabulary of the word stage (``None``: the stage did not run)."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ image loader and the checkpoint's extractor settings).
 
 Gaps to the service, stated: the service searches an HNSW index (recall@10 0.9995 at 1,000 pallets,
 ``docs/benchmarks.md``), the evaluation exact neighbours; the service verifies up to
-``captures_per_pallet`` recent captures of a pallet, the evaluation's gallery holds one (the receipt).
+``captures_per_pallet`` recent captures of a pallet, the evaluation's gallery holds one (the receipt). The
+visual-word search is exact here too (the service: pgvector's HNSW over ``sparsevec``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse
 from tqdm import tqdm
 
 from models.evaluation.features import FeatureStore
@@ -30,13 +32,16 @@ from models.evaluation.open_set import PalletGallery, PalletQuery
 from models.evaluation.protocol import OpenSetProtocol
 from models.evaluation.ranking import QUERY_CHUNK
 from models.runtime.local_features import LocalFeatures
+from models.runtime.visual_words import SparseWords, VisualVocabulary
 from models.runtime.voting import (
     GeometryParameters,
     Neighbour,
     Outcome,
     VerifiedDecision,
     VotingThresholds,
+    WordCandidate,
     decide_verified,
+    rank_word_candidates,
     shortlist,
     unit_rows,
 )
@@ -132,11 +137,13 @@ def verify_queries(
     shortlist_size: int,
     workers: int = 1,
     description: str = "verifying",
+    vocabulary: VisualVocabulary | None = None,
 ) -> list[QueryOutcome]:
     """Run the banded rule for every query against ``gallery`` (one stored capture per pallet).
 
     ``paths[i]`` is the image of dataset capture ``i`` (the ``captures`` indices of queries and gallery).
-    Queries run on ``workers`` threads; OpenCV releases the GIL while extracting and matching.
+    Queries run on ``workers`` threads; OpenCV releases the GIL while extracting and matching. With a
+    ``vocabulary`` the visual-word stage runs too, as in the service.
     """
     if not gallery.captures or any(not q.captures for q in queries):
         raise ValueError("the verified rule needs the capture index of every query and gallery row")
@@ -149,17 +156,27 @@ def verify_queries(
             raise IndexError(f"{pallet} has one stored capture, not {capture + 1}")
         return store.get_all(paths[gallery.captures[row]] for row in rows_of[pallet])
 
+    words_search = (
+        _WordSearch(vocabulary, [store.get(paths[capture]) for capture in gallery.captures], gallery.pallets)
+        if vocabulary is not None and geometry.word_candidates_checked > 0
+        else None
+    )
+
     def run(index: int) -> QueryOutcome:
         query, neighbours = queries[index], neighbours_of[index]
         shortlisted = shortlist(neighbours, shortlist_size)
+        query_features = store.get_all(paths[capture] for capture in query.captures)
         decision = decide_verified(
             neighbours,
             query.embeddings,
-            store.get_all(paths[capture] for capture in query.captures),
+            query_features,
             {pallet: [gallery_unit[rows_of[pallet]]] for pallet in shortlisted},
             stored_features,
             thresholds,
             geometry,
+            word_candidates=words_search.candidates(query_features, geometry, rows_of)
+            if words_search is not None
+            else (),
         )
         return query_outcome(query, decision, shortlisted)
 
@@ -230,6 +247,45 @@ _KNOWN_COUNTS = (
     "true_pallet_checked",
 )
 _UNKNOWN_COUNTS = ("unknown_matched", "unknown_review", "unknown_new", "network_unknown_matched")
+
+
+class _WordSearch:
+    """Exact visual-word search over a gallery (the service: a ``sparsevec`` HNSW search)."""
+
+    def __init__(
+        self, vocabulary: VisualVocabulary, gallery_features: Sequence[LocalFeatures], pallets: Sequence[str]
+    ) -> None:
+        self.vocabulary = vocabulary
+        self.words = [vocabulary.encode(features) for features in gallery_features]
+        self.pallets = list(pallets)
+        self.matrix = _sparse_rows(self.words, vocabulary.size)
+
+    def candidates(
+        self,
+        query_features: Sequence[LocalFeatures],
+        geometry: GeometryParameters,
+        rows_of: dict[str, list[int]],
+    ) -> list[WordCandidate[str]]:
+        query_words = [self.vocabulary.encode(features) for features in query_features]
+        similarities = (_sparse_rows(query_words, self.vocabulary.size) @ self.matrix.T).toarray()
+        k = min(geometry.word_top_k, similarities.shape[1])
+        nearest = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+        neighbours = [
+            [Neighbour(pallet=self.pallets[j], similarity=float(row[j])) for j in columns if row[j] > 0]
+            for row, columns in zip(similarities, nearest, strict=True)
+        ]
+        pallets = shortlist(neighbours, geometry.word_shortlist_size) if any(neighbours) else []
+        stored: dict[str, list[tuple[int, list[SparseWords | None]]]] = {
+            pallet: [(0, [self.words[row] for row in rows_of[pallet]])] for pallet in pallets
+        }
+        return rank_word_candidates(list(query_words), stored)
+
+
+def _sparse_rows(words: Sequence[SparseWords], dimensions: int) -> scipy.sparse.csr_matrix:
+    indptr = np.concatenate(([0], np.cumsum([len(w) for w in words]))).astype(np.int64)
+    indices = np.concatenate([w.indices for w in words]) if words else np.zeros(0, np.int32)
+    values = np.concatenate([w.values for w in words]) if words else np.zeros(0, np.float32)
+    return scipy.sparse.csr_matrix((values, indices, indptr), shape=(len(words), dimensions))
 
 
 def gallery_size_figures(gallery_pallets: int, outcomes: Sequence[QueryOutcome]) -> GallerySizeFigures:

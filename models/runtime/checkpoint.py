@@ -3,7 +3,9 @@
 The header carries the architecture, the preprocessing (input size, mean, std), the embedding size, a
 ``model_id`` derived from the stored weights (so a fingerprint can always be traced to the exact model that
 produced it) and, once calibrated, the model's decision parameters (:mod:`models.runtime.thresholds`), which
-name the same ``model_id``. Classifiers are training-only and are not stored.
+name the same ``model_id``. Classifiers are training-only and are not stored. A visual-word vocabulary
+(:mod:`models.runtime.visual_words`) may be stored beside the weights; it is named by its own digest and does
+not change the ``model_id``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -22,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from models.runtime.pcb import PCB, build_model
 from models.runtime.thresholds import DecisionParameters
 from models.runtime.transforms import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from models.runtime.visual_words import VisualVocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ DEFAULT_CHECKPOINT: Path = Path(__file__).resolve().parent.parent / "checkpoints
 FORMAT_KEY = "palletreid_format"
 FORMAT_VERSION = "1"
 CLASSIFIER_PREFIX = "classifiers."
+VOCABULARY_PREFIX = "visual_words."
+"""Tensors of the visual-word vocabulary: stored beside the weights, not part of the ``model_id``."""
 DECISION_KEY = "decision"
 
 
@@ -55,6 +61,8 @@ class CheckpointMetadata:
     """Free-form training information (dataset, steps, losses, ...), stored as JSON."""
     decision: DecisionParameters | None = None
     """The calibrated decision parameters of this model (None: not calibrated yet)."""
+    vocabulary_id: str = ""
+    """The visual-word vocabulary stored with the weights (empty: none; see :func:`store_vocabulary`)."""
 
     @property
     def embedding_dim(self) -> int:
@@ -147,7 +155,8 @@ def inference_state(model: PCB, *, half: bool = False) -> dict[str, torch.Tensor
 
 
 def _model_id(arch: str, num_parts: int, part_dim: int, state: dict[str, torch.Tensor]) -> str:
-    return f"{arch}-p{num_parts}x{part_dim}-{_weights_digest(state)[:12]}"
+    weights = {key: value for key, value in state.items() if not key.startswith(VOCABULARY_PREFIX)}
+    return f"{arch}-p{num_parts}x{part_dim}-{_weights_digest(weights)[:12]}"
 
 
 def save_checkpoint(
@@ -171,6 +180,7 @@ def save_checkpoint(
         part_axis=model.part_axis,
         last_stride=model.last_stride,
         model_id=model_id,
+        vocabulary_id="",
     )
     _write(path, state, final)
     logger.info("saved checkpoint %s (%s)", path, model_id)
@@ -208,6 +218,54 @@ def store_decision_parameters(path: Path, parameters: DecisionParameters) -> Che
     _write(path, state, final)
     logger.info("stored decision parameters of %s in %s", metadata.model_id, path)
     return final
+
+
+def store_vocabulary(path: Path, vocabulary: VisualVocabulary) -> CheckpointMetadata:
+    """Put ``vocabulary`` into the checkpoint at ``path`` (replacing any); weights and ``model_id`` stay.
+
+    Decision parameters stay too: the visual-word stage is part of the rule they describe, so recalibrate
+    (``palletreid evaluate --calibrate``) when a new vocabulary changes the figures.
+    """
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} weights are unreadable ({error}); re-export it") from error
+    state = {key: value for key, value in state.items() if not key.startswith(VOCABULARY_PREFIX)}
+    for key, value in vocabulary.tensors().items():
+        state[key] = torch.from_numpy(np.ascontiguousarray(value))
+    final = replace(metadata, vocabulary_id=vocabulary.vocabulary_id)
+    _write(path, state, final)
+    logger.info("stored vocabulary %s in %s", vocabulary.vocabulary_id, path)
+    return final
+
+
+def load_vocabulary(path: Path) -> VisualVocabulary | None:
+    """The visual-word vocabulary stored in the checkpoint, ``None`` when it has none.
+
+    Refuses a vocabulary whose digest is not the one the header names (an edited or mixed-up file).
+    """
+    path = Path(path)
+    metadata = read_metadata(path)
+    if not metadata.vocabulary_id:
+        return None
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            keys = [key for key in handle.keys() if key.startswith(VOCABULARY_PREFIX)]  # noqa: SIM118
+            tensors = {key: handle.get_tensor(key) for key in keys}
+        vocabulary = VisualVocabulary.from_tensors(tensors)
+    except (SafetensorError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} has an unreadable vocabulary ({error}); store it again"
+        ) from error
+    if vocabulary is None or vocabulary.vocabulary_id != metadata.vocabulary_id:
+        found = None if vocabulary is None else vocabulary.vocabulary_id
+        raise CheckpointError(
+            f"checkpoint {path} names vocabulary {metadata.vocabulary_id} but holds {found}; store it again "
+            "with `palletreid vocabulary`"
+        )
+    return vocabulary
 
 
 def read_metadata(path: Path) -> CheckpointMetadata:
@@ -248,6 +306,7 @@ def load_checkpoint(path: Path) -> tuple[PCB, CheckpointMetadata]:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path} weights are unreadable ({error}); re-export it") from error
+    state = {key: value for key, value in state.items() if not key.startswith(VOCABULARY_PREFIX)}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

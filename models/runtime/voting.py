@@ -53,6 +53,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, MatcherSettings, count_inliers
+from models.runtime.visual_words import SparseWords, word_similarities
 
 PalletKey = TypeVar("PalletKey", bound=Hashable)
 
@@ -159,10 +160,18 @@ def pair_blocks(query: npt.ArrayLike, stored: npt.ArrayLike) -> BlockPairing:
         raise ValueError("the query has no blocks")
     if len(stored_rows) == 0:
         return BlockPairing(score=0.0, pairs=())
-    similarities = query_rows @ stored_rows.T
+    return pair_by_similarity(query_rows @ stored_rows.T)
+
+
+def pair_by_similarity(similarities: npt.NDArray[np.float64]) -> BlockPairing:
+    """One-to-one pairing of query blocks (rows) with stored blocks (columns) of largest summed similarity."""
+    if similarities.shape[0] == 0:
+        raise ValueError("the query has no blocks")
+    if similarities.shape[1] == 0:
+        return BlockPairing(score=0.0, pairs=())
     rows, columns = linear_sum_assignment(similarities, maximize=True)
     return BlockPairing(
-        score=float(similarities[rows, columns].sum() / len(query_rows)),
+        score=float(similarities[rows, columns].sum() / similarities.shape[0]),
         pairs=tuple((int(row), int(column)) for row, column in zip(rows, columns, strict=True)),
     )
 
@@ -274,6 +283,14 @@ class GeometryParameters:
     """... and this many inliers more than the best other checked candidate."""
     review_inliers: int = 80
     """Below this sum the query is new, unless the network stage matched it."""
+    word_top_k: int = 20
+    """Blocks sharing the most visual words looked up per query block (when the model has a vocabulary)."""
+    word_shortlist_size: int = 30
+    """Pallets ranked by visual-word evidence whose latest capture is paired block to block by words."""
+    word_candidates_checked: int = 5
+    """Best of those by word pairing checked geometrically after the network's candidates (pallets not
+    checked yet), while no candidate is clearly matched: the true pallet when the network's shortlist lost it.
+    0 turns the visual-word stage off."""
     review_when_network_matches: bool = False
     """Also flag a query the network's thresholds matched. Off: those thresholds move with the source (on an
     unseen source they matched nearly every unknown pallet), so they would flood the review queue there."""
@@ -283,6 +300,8 @@ class GeometryParameters:
     def __post_init__(self) -> None:
         if self.candidates_checked < 1 or self.captures_checked < 1:
             raise ValueError("candidates_checked and captures_checked must be at least 1")
+        if self.word_top_k < 1 or self.word_shortlist_size < 1 or self.word_candidates_checked < 0:
+            raise ValueError("word_top_k, word_shortlist_size must be >= 1, word_candidates_checked >= 0")
         if min(self.block_inliers, self.match_blocks, self.min_margin, self.review_inliers) < 0:
             raise ValueError("inlier thresholds, match_blocks and min_margin must not be negative")
         if self.review_inliers > self.match_inliers:
@@ -292,6 +311,42 @@ class GeometryParameters:
 FeaturesLoader = Callable[[PalletKey, int], Sequence[LocalFeatures | None]]
 """``(pallet, capture index) -> local features of that capture's blocks`` in stored block order (``None``
 where a block has none). Called only for the captures the rule checks, so a caller can fetch them lazily."""
+
+
+@dataclass(frozen=True, slots=True)
+class WordCandidate(Generic[PalletKey]):
+    """A pallet found by visual words, with its stored capture paired to the query by word similarity."""
+
+    pallet: PalletKey
+    capture: int
+    """Index of the paired capture, as the features loader counts the pallet's captures."""
+    pairing: BlockPairing
+
+
+def rank_word_candidates(
+    query_words: Sequence[SparseWords | None],
+    stored_words: Mapping[PalletKey, Sequence[tuple[int, Sequence[SparseWords | None]]]],
+) -> list[WordCandidate[PalletKey]]:
+    """Pair the query with every given capture by word similarity; each pallet's best, strongest first.
+
+    ``stored_words[pallet]`` lists ``(capture index, block word vectors in stored order)``. Ranking by the
+    one-to-one pairing instead of by the raw neighbour evidence keeps one block that shares many words with
+    several query blocks from carrying a pallet (measured leave-one-family-out: the true pallet in the top 5
+    for 91.7 % of known dispatches against 89.0 %).
+    """
+    ranked: list[WordCandidate[PalletKey]] = []
+    for pallet, captures in stored_words.items():
+        best: WordCandidate[PalletKey] | None = None
+        for capture, words in captures:
+            if not words:
+                continue
+            pairing = pair_by_similarity(word_similarities(query_words, words))
+            if best is None or pairing.score > best.pairing.score:
+                best = WordCandidate(pallet=pallet, capture=capture, pairing=pairing)
+        if best is not None:
+            ranked.append(best)
+    ranked.sort(key=lambda candidate: (-candidate.pairing.score, str(candidate.pallet)))
+    return ranked
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +400,7 @@ def decide_verified(
     geometry: GeometryParameters,
     preferred: Collection[PalletKey] = frozenset(),
     executor: Executor | None = None,
+    word_candidates: Sequence[WordCandidate[PalletKey]] = (),
 ) -> VerifiedDecision[PalletKey]:
     """The banded decision: network shortlist and pairing, then geometric verification of the best candidates.
 
@@ -354,7 +410,8 @@ def decide_verified(
     ``geometry.extractor``). Candidates are checked in order of pairing score: each one's best captures
     (by pairing score) have their network-paired blocks matched, and the capture with the most inliers is
     the candidate's evidence. ``executor`` runs the block matches of a capture in parallel (OpenCV
-    releases the GIL).
+    releases the GIL). ``word_candidates`` (:func:`rank_word_candidates`, strongest first) are checked next,
+    up to ``geometry.word_candidates_checked`` pallets not checked yet, while no candidate is clearly matched.
     """
     query_rows = unit_rows(query_fingerprints)
     if len(query_features) != len(query_rows):
@@ -379,6 +436,24 @@ def decide_verified(
         checked.sort(key=_evidence_order)
         if len(checked) >= 2 and _clear_match(checked, geometry):
             break
+    if not (len(checked) >= 2 and _clear_match(checked, geometry)):
+        seen = {evidence.pallet for evidence in checked}
+        fresh = [candidate for candidate in word_candidates if candidate.pallet not in seen]
+        for candidate in fresh[: geometry.word_candidates_checked]:
+            checked.append(
+                _capture_evidence(
+                    candidate.pallet,
+                    candidate.pairing,
+                    candidate.capture,
+                    query_features,
+                    load_features,
+                    geometry,
+                    executor,
+                )
+            )
+            checked.sort(key=_evidence_order)
+            if len(checked) >= 2 and _clear_match(checked, geometry):
+                break
     best = checked[0] if checked else None
     runner_up = checked[1] if len(checked) > 1 else None
     if best is not None and _clear_match(checked, geometry):

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from models.runtime.local_features import DESCRIPTOR_BYTES, LocalFeatures, extract
+from models.runtime.visual_words import SparseWords
 from models.runtime.voting import (
     Decision,
     GeometricEvidence,
@@ -20,10 +21,12 @@ from models.runtime.voting import (
     Outcome,
     VerifiedDecision,
     VotingThresholds,
+    WordCandidate,
     decide,
     decide_verified,
     pair_blocks,
     pairing_score,
+    rank_word_candidates,
     shortlist,
     verify,
 )
@@ -295,6 +298,75 @@ def test_candidates_are_checked_by_pairing_score_and_the_rest_only_while_unclear
     one = _Gallery(shared)
     assert _decide(one, GeometryParameters(candidates_checked=1), scores=scores).pallet == "A"
     assert one.loaded == [("A", 0)]
+
+
+def _word_decision(
+    gallery: _Gallery,
+    network_pallets: list[str],
+    words: list[WordCandidate[str]],
+    geometry: GeometryParameters,
+) -> VerifiedDecision[str]:
+    """The rule when the network shortlisted only ``network_pallets`` and visual words found ``words``."""
+    return decide_verified(
+        [[Neighbour(p, 0.1) for p in network_pallets] for _ in range(6)],
+        _QUERY_FINGERPRINTS,
+        _QUERY_FEATURES,
+        {pallet: gallery.fingerprints[pallet] for pallet in network_pallets},
+        gallery.load,
+        _THRESHOLDS,
+        geometry,
+        word_candidates=words,
+    )
+
+
+def test_a_pallet_the_network_missed_is_found_through_its_visual_words() -> None:
+    order = [2, 0, 1, 5, 4, 3]
+    gallery = _Gallery({"A": [[60] * 6], "B": [[0] * 6], "C": [[5] * 6]}, order=order)
+    paired_by_words = pair_blocks(np.eye(6), np.eye(6)[order])  # the pairing the words found
+    words = [
+        WordCandidate("B", 0, pair_blocks(np.eye(6), np.eye(6))),  # already checked: skipped
+        WordCandidate("A", 0, paired_by_words),
+    ]
+    decision = _word_decision(gallery, ["B", "C"], words, GeometryParameters(candidates_checked=2))
+    assert (decision.outcome, decision.pallet) == (Outcome.MATCHED, "A")
+    assert gallery.loaded == [("B", 0), ("C", 0), ("A", 0)]
+    assert decision.checked[0].pairs == paired_by_words.pairs and decision.checked[0].inliers == 360
+
+    off = _Gallery({"A": [[60] * 6], "B": [[0] * 6], "C": [[5] * 6]}, order=order)
+    no_words = GeometryParameters(candidates_checked=2, word_candidates_checked=0)
+    assert _word_decision(off, ["B", "C"], words, no_words).outcome is Outcome.NEW
+    assert ("A", 0) not in off.loaded
+
+
+def test_word_candidates_are_not_checked_once_the_network_candidates_match_clearly() -> None:
+    gallery = _Gallery({"A": [[60] * 6], "B": [[0] * 6], "C": [[0] * 6]})
+    words = [WordCandidate("C", 0, pair_blocks(np.eye(6), np.eye(6)))]
+    decision = _word_decision(gallery, ["A", "B"], words, GeometryParameters())
+    assert decision.pallet == "A"
+    assert ("C", 0) not in gallery.loaded
+
+
+def _words(*indices: int) -> SparseWords:
+    values = np.full(len(indices), 1 / np.sqrt(len(indices)), np.float32)
+    return SparseWords(np.array(indices, np.int32), values, dimensions=100)
+
+
+def test_word_candidates_are_ranked_by_their_one_to_one_pairing() -> None:
+    query = [_words(1, 2), _words(3, 4), _words(5, 6)]
+    stored: dict[str, list[tuple[int, list[SparseWords | None]]]] = {
+        # one block sharing everything with every query block cannot explain all three
+        "greedy": [(0, [_words(1, 2, 3, 4, 5, 6), _words(90), _words(91)])],
+        # two captures: the second pairs every block, in another order
+        "true": [
+            (0, [_words(1, 2), _words(80), _words(81)]),
+            (1, [_words(5, 6), _words(1, 2), _words(3, 4)]),
+        ],
+        "empty": [(0, [])],
+    }
+    ranked = rank_word_candidates(query, stored)
+    assert [(c.pallet, c.capture) for c in ranked] == [("true", 1), ("greedy", 0)]
+    assert ranked[0].pairing.score == pytest.approx(1.0)
+    assert dict(ranked[0].pairing.pairs) == {0: 1, 1: 2, 2: 0}
 
 
 def test_the_capture_with_most_inliers_among_the_checked_ones_is_the_evidence() -> None:
