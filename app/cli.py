@@ -17,6 +17,7 @@ COMMAND_MODULES: dict[str, str] = {
     "synth-sides": "models.cli.synth_sides",
     "train": "models.cli.train",
     "weights": "models.cli.weights",
+    "vocabulary": "models.cli.vocabulary",
     "evaluate": "models.cli.evaluate",
     "train-detector": "models.cli.train_detector",
     "detect": "models.cli.detect",
