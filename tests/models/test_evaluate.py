@@ -334,3 +334,24 @@ def test_embedding_cache_grows_by_file(
     with caplog.at_level(logging.INFO, logger="models.evaluation.evaluate"):
         np.testing.assert_array_equal(embed_captures(embedder, captures[:5], cache=cache)[:3], first)
     assert any("reusing embeddings" in record.message for record in caplog.records)
+
+
+def test_vocabulary_command_stores_words_that_the_evaluation_then_uses(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_words = tmp_path / "with_words.safetensors"
+    learn = ["vocabulary", "--data", str(tiny_dataset), "--checkpoint", str(tiny_checkpoint)]
+    sizes = ["--branches", "2", "--leaves", "4", "--iterations", "3", "--workers", "1"]
+    assert main([*learn, *sizes, "--output", str(with_words)]) == 0
+    vocabulary_id = capsys.readouterr().out.strip()
+    assert vocabulary_id.startswith("words8-")
+    assert read_metadata(tiny_checkpoint).vocabulary_id == ""  # --output leaves the source untouched
+    assert read_metadata(with_words).vocabulary_id == vocabulary_id
+
+    out = tmp_path / "out"
+    evaluate = ["evaluate", "--data", str(tiny_dataset), "--checkpoint", str(with_words), "--threads", "1"]
+    assert main([*evaluate, "--out", str(out), "--gallery-sizes", "2", "--calibrate"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["verified"]["vocabulary_id"] == vocabulary_id
+
+    assert main([*learn, "--branches", "0", "--output", str(tmp_path / "bad.safetensors")]) == 2
