@@ -16,7 +16,7 @@ from app.epcis.router import router as epcis_router
 from app.errors import ConfigurationError, install_error_handlers, install_error_schema
 from app.events.router import router as events_router
 from app.health.router import router as health_router
-from app.images.reindex import CoverageCache, check_model_coverage, ensure_serving_index
+from app.images.reindex import CoverageCache, check_model_coverage, ensure_serving_index, log_words_to_fill
 from app.images.router import router as images_router
 from app.images.store import ImageStore
 from app.logging_setup import RequestLogMiddleware
@@ -117,7 +117,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_model_coverage(
             app.state.session_factory, runner.model_id, allow_partial=settings.allow_partial_coverage
         )
-        ensure_serving_index(engine, runner.model_id, runner.embedding_dim)
+        ensure_serving_index(engine, runner.model_id, runner.embedding_dim, vocabulary=runner.vocabulary)
+        if runner.vocabulary_id is not None:
+            log_words_to_fill(app.state.session_factory, runner.model_id, runner.vocabulary_id)
     except ConfigurationError as error:
         runner.close()
         engine.dispose()
@@ -130,11 +132,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not app.state.key_ring.enabled:
         warn_auth_disabled()
     logger.info(
-        "serving model %s (%d dims, %s, up to %d requests queued), block detector %s, on database %s",
+        "serving model %s (%d dims, %s, up to %d requests queued), visual words %s, block detector %s, "
+        "on database %s",
         runner.model_id,
         runner.embedding_dim,
         runner.precision,
         runner.max_queued,
+        runner.vocabulary_id,
         runner.detector_id,
         engine.url.render_as_string(hide_password=True),
     )

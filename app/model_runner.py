@@ -9,8 +9,10 @@ instead of queueing without bound while its client times out. Probes never touch
 while it is saturated.
 
 Local features (ORB, for the geometric check of the decision rule) are extracted on a small pool of their
-own while the network runs: OpenCV releases the GIL, so the two overlap. The same pool matches features
-during identification (:attr:`ModelRunner.feature_pool`).
+own while the network runs: OpenCV releases the GIL, so the two overlap. When the checkpoint carries a
+visual-word vocabulary, each block's features are quantised into its word vector right after, on the same
+pool (about 6 ms a block). The same pool matches features during identification
+(:attr:`ModelRunner.feature_pool`).
 
 The block detector for side views (``models.runtime.detector.BlockDetector``), when loaded, runs on the same
 worker thread and behind the same admission: a side-view request is admitted once for its detection and once
@@ -38,6 +40,7 @@ from app.errors import PalletReidError
 from app.metrics.stages import Stage, timed_call
 from models.runtime.checkpoint import CheckpointMetadata
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
+from models.runtime.visual_words import SparseWords, VisualVocabulary
 
 if TYPE_CHECKING:
     from models.runtime.detector import Detection, DetectorMetadata
@@ -81,6 +84,18 @@ _Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
+class BlockWords:
+    """The visual-word vectors of the uploaded blocks (upload order) and the vocabulary that made them."""
+
+    vocabulary_id: str
+    per_block: list[SparseWords]
+
+    @classmethod
+    def encode(cls, vocabulary: VisualVocabulary, features: Sequence[LocalFeatures]) -> BlockWords:
+        return cls(vocabulary.vocabulary_id, [vocabulary.encode(block) for block in features])
+
+
+@dataclass(frozen=True)
 class BlockAnalysis:
     """Everything the decision rule needs of the uploaded blocks, in upload order."""
 
@@ -88,6 +103,8 @@ class BlockAnalysis:
     """Unit rows (blocks, embedding dim), float32."""
     features: list[LocalFeatures]
     """Local features of each block, for the geometric check."""
+    words: BlockWords | None = None
+    """Their visual words, when the model has a vocabulary (stored, and searched for more candidates)."""
 
 
 class ModelRunner:
@@ -102,11 +119,13 @@ class ModelRunner:
         feature_threads: int | None = None,
         max_queued: int = 8,
         detector: SideViewDetector | None = None,
+        vocabulary: VisualVocabulary | None = None,
     ) -> None:
         if max_queued < 1:
             raise ValueError("max_queued must be at least 1")
         self._model = model
         self._detector = detector
+        self._vocabulary = vocabulary
         self._batch_size = batch_size
         self._max_queued = max_queued
         self._admitted = 0
@@ -131,7 +150,9 @@ class ModelRunner:
         """Load a checkpoint (``None``: the shipped default); ``precision`` ``auto`` is bf16 on a CPU with
         native bf16, fp32 elsewhere (``models.runtime.inference.resolve_precision``). ``detector``: also
         load this block detector file for side views (``models.runtime.detector.DetectorError`` if unusable).
+        The checkpoint's visual-word vocabulary is loaded with it, if it carries one.
         """
+        from models.runtime.checkpoint import DEFAULT_CHECKPOINT, load_vocabulary
         from models.runtime.detector import BlockDetector
         from models.runtime.inference import Embedder
 
@@ -141,6 +162,7 @@ class ModelRunner:
             batch_size=batch_size,
             max_queued=max_queued,
             detector=BlockDetector.load(detector) if detector is not None else None,
+            vocabulary=load_vocabulary(path if path is not None else DEFAULT_CHECKPOINT),
         )
 
     @property
@@ -166,6 +188,15 @@ class ModelRunner:
         return self._detector.metadata.model_id if self._detector is not None else None
 
     @property
+    def vocabulary(self) -> VisualVocabulary | None:
+        """The checkpoint's visual-word vocabulary, ``None`` when it carries none (no word search then)."""
+        return self._vocabulary
+
+    @property
+    def vocabulary_id(self) -> str | None:
+        return self._vocabulary.vocabulary_id if self._vocabulary is not None else None
+
+    @property
     def max_queued(self) -> int:
         return self._max_queued
 
@@ -180,7 +211,8 @@ class ModelRunner:
         return self._executor.submit(self._model.embed, images, self._batch_size).result()
 
     async def analyse(self, images: Sequence[Image.Image], extractor: ExtractorSettings) -> BlockAnalysis:
-        """Fingerprints and local features of ``images``, computed at the same time, awaited off the loop.
+        """Fingerprints and local features (and visual words) of ``images``, computed at the same time,
+        awaited off the loop.
 
         Raises :class:`ModelOverloadedError` at once when ``max_queued`` requests are already admitted. A
         request stays admitted until its forward has finished, even if its client went away meanwhile (one
@@ -188,11 +220,25 @@ class ModelRunner:
         """
         forward = timed_call(Stage.FORWARD, self._model.embed)
         fingerprints = self._admit_and_submit(forward, images, self._batch_size)
-        features = [self._feature_pool.submit(extract, image, extractor) for image in images]
+        local = [self._feature_pool.submit(self._local, image, extractor) for image in images]
+        blocks = await asyncio.gather(*map(asyncio.wrap_future, local))
+        vocabulary = self._vocabulary
         return BlockAnalysis(
             fingerprints=await asyncio.wrap_future(fingerprints),
-            features=list(await asyncio.gather(*map(asyncio.wrap_future, features))),
+            features=[features for features, _ in blocks],
+            words=(
+                BlockWords(vocabulary.vocabulary_id, [words for _, words in blocks if words is not None])
+                if vocabulary is not None
+                else None
+            ),
         )
+
+    def _local(
+        self, image: Image.Image, extractor: ExtractorSettings
+    ) -> tuple[LocalFeatures, SparseWords | None]:
+        """One block's local features and, with a vocabulary, their words (on the feature pool)."""
+        features = extract(image, extractor)
+        return features, self._vocabulary.encode(features) if self._vocabulary is not None else None
 
     async def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         """The blocks in each side view (left to right), on the model's thread, admitted like ``analyse``.

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "local features) with the model in --checkpoint and store the results under that model's id, "
             "beside the fingerprints of the model in service, which keeps identifying meanwhile; the new "
             "model may make fingerprints of another size. Its HNSW index is built at the end (concurrently: "
-            "the service keeps recording). Resumable: "
+            "the service keeps recording). When the checkpoint carries a visual-word vocabulary, the words "
+            "of that model's fingerprints that lack them (or hold another vocabulary's) are then computed "
+            "from their stored local features, no images needed, and their index built. Resumable: "
             "an interrupted run continues with the events that have no fingerprints of the new model yet. "
             "Afterwards the share of pallets each model covers is printed; switch PALLETREID_MODEL_PATH to "
             "the new checkpoint and restart the service once it covers 100 %%. Events whose images were "
@@ -47,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class ProgressBar:
     """``[#####.....] 120/300 events, 4.1/s, ETA 44 s`` on one line of a terminal; log lines otherwise."""
 
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
+    def __init__(self, stream: TextIO, width: int = 30, unit: str = "events") -> None:
         self._stream = stream
         self._width = width
+        self._unit = unit
         self._started = time.monotonic()
         self._interactive = stream.isatty()
 
@@ -60,7 +63,7 @@ class ProgressBar:
         filled = round(self._width * min(share, 1.0))
         eta = (total - done) / rate if rate > 0 else float("inf")
         line = (
-            f"[{'#' * filled}{'.' * (self._width - filled)}] {done}/{total} events, "
+            f"[{'#' * filled}{'.' * (self._width - filled)}] {done}/{total} {self._unit}, "
             f"{rate:.1f}/s, ETA {eta:.0f} s"
         )
         if self._interactive:
@@ -77,9 +80,9 @@ class ProgressBar:
 def run(args: argparse.Namespace) -> int:
     from app.db.embedded import embedded_postgres
     from app.db.session import build_engine, build_session_factory
-    from app.images.reindex import ReindexRepository, reindex
+    from app.images.reindex import ReindexRepository, WordsReport, fill_visual_words, reindex
     from app.images.store import ImageStore
-    from app.matching.repository import MAX_INDEXED_DIM, ensure_hnsw_index
+    from app.matching.repository import MAX_INDEXED_DIM, ensure_hnsw_index, ensure_words_index
     from app.model_runner import ModelRunner
     from app.settings import Settings
     from models.runtime.checkpoint import CheckpointError
@@ -127,12 +130,22 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             max_batches=args.max_batches,
             progress=bar,
+            vocabulary=runner.vocabulary,
         )
         bar.close()
         # Built after the rows (far faster than growing the graph row by row); concurrently, so the
         # service keeps recording meanwhile.
         dim = runner.embedding_dim
         built = ensure_hnsw_index(engine, runner.model_id, dim)
+        words: WordsReport | None = None
+        words_built = False
+        if runner.vocabulary is not None:
+            words_bar = ProgressBar(sys.stderr, unit="fingerprints' words")
+            words = fill_visual_words(
+                factory, model_id=runner.model_id, vocabulary=runner.vocabulary, progress=words_bar
+            )
+            words_bar.close()
+            words_built = ensure_words_index(engine, runner.model_id, runner.vocabulary)
         with factory() as session:
             coverage = ReindexRepository(session).coverage()
     print(
@@ -140,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
         f"({report.fingerprints_added} blocks), {report.events_without_images} without their images; "
         f"HNSW index of its {dim}-dim fingerprints {'built' if built else 'in place'}"
     )
+    if words is not None:
+        print(
+            f"visual words {words.vocabulary_id}: {words.fingerprints_filled} fingerprints filled from their "
+            f"local features, {words.without_features} without local features (no words); "
+            f"their HNSW index {'built' if words_built else 'in place'}"
+        )
     for item in coverage:
         print(f"  {item.model_id}: {item.pallets} pallets, {100 * item.share:.1f} % covered")
     return 0

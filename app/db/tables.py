@@ -8,7 +8,8 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from pgvector.sqlalchemy import HALFVEC
+from pgvector import SparseVector
+from pgvector.sqlalchemy import HALFVEC, SPARSEVEC
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -164,7 +165,9 @@ class Fingerprint(Base):
     ``embedding`` has no fixed dimension: each model stores its own size. Each model's rows have their own
     partial HNSW index over ``embedding::halfvec(<its dimension>)``, built for the model in service at start
     and by ``palletreid reindex`` (``app.matching.repository.ensure_hnsw_index``); they are not declared
-    here because they follow the data, not the schema.
+    here because they follow the data, not the schema. The same holds for the visual words: one partial
+    HNSW index per model and vocabulary over ``visual_words::sparsevec(<vocabulary size>)``
+    (``ensure_words_index``).
     """
 
     __tablename__ = "fingerprints"
@@ -181,6 +184,12 @@ class Fingerprint(Base):
     embedding: Mapped[np.ndarray] = mapped_column(HALFVEC())
     local_features: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Local features of the block (``LocalFeatures.to_bytes``); null if recorded before revision 0002."""
+    visual_words: Mapped[SparseVector | None] = mapped_column(SPARSEVEC(), deferred=True)
+    """The block's visual-word vector (``VisualVocabulary.encode`` of its local features, unit length);
+    null when the model in service had no vocabulary, or before revision 0007 (``palletreid reindex``
+    fills it)."""
+    vocabulary_id: Mapped[str | None] = mapped_column(String(64))
+    """The vocabulary ``visual_words`` was computed with (``VisualVocabulary.vocabulary_id``)."""
 
 
 class DeliveryStatus(StrEnum):

@@ -21,6 +21,9 @@ class GeometryOut(BaseModel):
     match_blocks: int
     min_margin: int
     review_inliers: int
+    word_top_k: int
+    word_shortlist_size: int
+    word_candidates_checked: int
     review_when_network_matches: bool
 
 
@@ -60,7 +63,8 @@ class Readiness(BaseModel):
                     "embedding_dim": 512,
                     "precision": "bf16",
                     "detector": "blockdet-mnv2-2d243e161b7b",
-                    "schema_revision": ["0002"],
+                    "vocabulary": "words32768-e116f0e94412",
+                    "schema_revision": ["0007"],
                     "decision_parameters": {
                         "model_id": "pcb_resnet18-p4x128-0123456789ab",
                         "block_threshold": 0.7,
@@ -78,6 +82,9 @@ class Readiness(BaseModel):
                             "match_blocks": 2,
                             "min_margin": 50,
                             "review_inliers": 80,
+                            "word_top_k": 20,
+                            "word_shortlist_size": 30,
+                            "word_candidates_checked": 5,
                             "review_when_network_matches": False,
                         },
                         "source": "checkpoint /srv/models/pcb_resnet18.safetensors",
@@ -96,6 +103,11 @@ class Readiness(BaseModel):
     detector: str | None = Field(
         default=None,
         description="Model id of the block detector that reads side views (PALLETREID_DETECTOR_PATH).",
+    )
+    vocabulary: str | None = Field(
+        default=None,
+        description="Id of the visual-word vocabulary in the checkpoint: block words are stored and searched "
+        "for more candidates (null: the checkpoint carries none, no word search).",
     )
     schema_revision: list[str]
     decision_parameters: DecisionParametersOut

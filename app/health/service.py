@@ -1,4 +1,5 @@
-"""Readiness: database reachable, schema at the migrations' head, model loaded with its HNSW index."""
+"""Readiness: database reachable, schema at the migrations' head, model loaded with its HNSW index (and
+that of its visual words, when its checkpoint carries a vocabulary)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from app.health.repository import HealthRepository
 from app.health.schemas import DecisionParametersOut, GeometryOut, ModelCoverageOut, Readiness
 from app.images.reindex import CoverageCache, ModelCoverage
 from app.matching.parameters import DecisionParametersInForce
-from app.matching.repository import hnsw_index_valid
+from app.matching.repository import hnsw_index_valid, words_index_valid
 from app.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,13 @@ def check_readiness(
             covered = coverage.current(session) if coverage is not None else []
             if model is not None and not hnsw_index_valid(session, model.model_id):
                 problems.append(f"no valid HNSW index for the fingerprints of {model.model_id}")
+            vocabulary = model.vocabulary_id if model is not None else None
+            if (
+                model is not None
+                and vocabulary is not None
+                and not words_index_valid(session, model.model_id, vocabulary)
+            ):
+                problems.append(f"no valid HNSW index for the visual words {vocabulary} of {model.model_id}")
     except SQLAlchemyError as error:
         logger.warning("readiness: database check failed: %s", error)
         problems.append(f"database unreachable or unusable ({type(error).__name__})")
@@ -55,6 +63,7 @@ def check_readiness(
         embedding_dim=model.embedding_dim,
         precision=model.precision,
         detector=model.detector_id,
+        vocabulary=model.vocabulary_id,
         schema_revision=sorted(current),
         decision_parameters=DecisionParametersOut(
             model_id=parameters.model_id,

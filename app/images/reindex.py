@@ -6,6 +6,10 @@ new one. Work goes event by event in id order and is committed per batch, so an 
 where it stopped: an event is done once it has fingerprints of the new model. Inference runs outside any
 transaction; each batch is written under the identification lock with the events' *current* pallets, so a
 merge or detach that ran meanwhile is respected.
+
+Visual words (when the checkpoint carries a vocabulary) are computed from the stored local features, so rows
+that lack them, or hold words of another vocabulary, are filled without their images
+(:func:`fill_visual_words`); until then the word search does not find them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Engine, and_, exists, func, select
+from sqlalchemy import ColumnElement, Engine, and_, bindparam, exists, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -27,15 +31,19 @@ from app.db.session import unit_of_work
 from app.db.tables import BlockImage, Event, Fingerprint, Pallet, PalletStatus
 from app.errors import ConfigurationError
 from app.images.store import ImageStore
-from app.matching.repository import FingerprintRepository, ensure_hnsw_index
+from app.matching.repository import FingerprintRepository, as_sparsevec, ensure_hnsw_index, ensure_words_index
 from models.runtime.images import ImageRejectedError, decode_image
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
+from models.runtime.visual_words import VisualVocabulary
 
 logger = logging.getLogger(__name__)
 
 Embed = Callable[[Sequence[Image.Image]], np.ndarray]
 Progress = Callable[[int, int], None]
-"""Called with (events handled so far, events to handle in this run)."""
+"""Called with (items handled so far, items to handle in this run): events, or fingerprints for words."""
+
+WORDS_BATCH_SIZE = 512
+"""Fingerprints whose words are computed and written per transaction (about 3 s of quantising)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,14 @@ class ReindexReport:
     fingerprints_added: int
     events_without_images: int
     """Events skipped because an image was deleted (retention) or unreadable: they stay without."""
+
+
+@dataclass(frozen=True, slots=True)
+class WordsReport:
+    vocabulary_id: str
+    fingerprints_filled: int
+    without_features: int
+    """Fingerprints of the model without local features (recorded before revision 0002): no words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +114,47 @@ class ReindexRepository:
         )
         return set(rows)
 
+    def count_without_words(self, model_id: str, vocabulary_id: str) -> int:
+        """Fingerprints of ``model_id`` with local features but no words of ``vocabulary_id``."""
+        return (
+            self._session.scalar(
+                select(func.count()).select_from(Fingerprint).where(_lacking_words(model_id, vocabulary_id))
+            )
+            or 0
+        )
+
+    def count_without_features(self, model_id: str) -> int:
+        return (
+            self._session.scalar(
+                select(func.count())
+                .select_from(Fingerprint)
+                .where(Fingerprint.model_id == model_id, Fingerprint.local_features.is_(None))
+            )
+            or 0
+        )
+
+    def lacking_words(
+        self, model_id: str, vocabulary_id: str, *, after_id: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """(id, local features) of fingerprints that lack words of ``vocabulary_id``, in id order."""
+        rows = self._session.execute(
+            select(Fingerprint.id, Fingerprint.local_features)
+            .where(Fingerprint.id > after_id, _lacking_words(model_id, vocabulary_id))
+            .order_by(Fingerprint.id)
+            .limit(limit)
+        )
+        return [(fingerprint_id, data) for fingerprint_id, data in rows if data is not None]
+
+    def store_words(self, words: Sequence[dict[str, object]]) -> None:
+        """Set the words of several fingerprints in one executemany: ``fingerprint_id``, ``words`` (a
+        ``sparsevec`` value) and ``vocabulary`` (its vocabulary id) per row."""
+        statement = (
+            update(Fingerprint)
+            .where(Fingerprint.id == bindparam("fingerprint_id"))
+            .values(visual_words=bindparam("words"), vocabulary_id=bindparam("vocabulary"))
+        )
+        self._session.connection().execute(statement, list(words))
+
     def coverage_of(self, model_id: str) -> ModelCoverage:
         """The share of pallets (not merged) that have fingerprints of ``model_id`` (1.0 without pallets)."""
         for item in self.coverage():
@@ -137,9 +194,11 @@ def reindex(
     batch_size: int = 32,
     max_batches: int | None = None,
     progress: Progress | None = None,
+    vocabulary: VisualVocabulary | None = None,
 ) -> ReindexReport:
-    """Add fingerprints (and local features) of ``model_id`` for every event that has stored images and none
-    of its fingerprints yet. ``max_batches`` stops early (the next run resumes)."""
+    """Add fingerprints (and local features, and with a ``vocabulary`` visual words) of ``model_id`` for
+    every event that has stored images and none of its fingerprints yet. ``max_batches`` stops early (the
+    next run resumes)."""
     with session_factory() as session:
         total = ReindexRepository(session).count_pending(model_id)
     handled = fingerprinted = added = skipped = batches = 0
@@ -166,7 +225,7 @@ def reindex(
             vectors = embed(flat)
             features = [extract(image, extractor) for image in flat]
             fingerprinted_now, added_now = _write(
-                session_factory, model_id, order, decoded, vectors, features
+                session_factory, model_id, order, decoded, vectors, features, vocabulary
             )
             fingerprinted += fingerprinted_now
             added += added_now
@@ -178,6 +237,57 @@ def reindex(
         events_fingerprinted=fingerprinted,
         fingerprints_added=added,
         events_without_images=skipped,
+    )
+
+
+def fill_visual_words(
+    session_factory: Callable[[], Session],
+    *,
+    model_id: str,
+    vocabulary: VisualVocabulary,
+    batch_size: int = WORDS_BATCH_SIZE,
+    progress: Progress | None = None,
+) -> WordsReport:
+    """Compute the visual words of every fingerprint of ``model_id`` that has none of ``vocabulary`` (none
+    at all, or another vocabulary's) from its stored local features; committed per batch, so an
+    interrupted run resumes. Rows without local features cannot have words and are counted."""
+    vocabulary_id = vocabulary.vocabulary_id
+    with session_factory() as session:
+        repository = ReindexRepository(session)
+        total = repository.count_without_words(model_id, vocabulary_id)
+        without_features = repository.count_without_features(model_id)
+    filled = 0
+    after_id = 0
+    while True:
+        with unit_of_work(session_factory) as session:
+            repository = ReindexRepository(session)
+            rows = repository.lacking_words(model_id, vocabulary_id, after_id=after_id, limit=batch_size)
+            if not rows:
+                break
+            repository.store_words(
+                [
+                    {
+                        "fingerprint_id": fingerprint_id,
+                        "words": as_sparsevec(vocabulary.encode(LocalFeatures.from_bytes(data))),
+                        "vocabulary": vocabulary_id,
+                    }
+                    for fingerprint_id, data in rows
+                ]
+            )
+        after_id = rows[-1][0]
+        filled += len(rows)
+        if progress is not None:
+            progress(filled, total)
+    return WordsReport(
+        vocabulary_id=vocabulary_id, fingerprints_filled=filled, without_features=without_features
+    )
+
+
+def _lacking_words(model_id: str, vocabulary_id: str) -> ColumnElement[bool]:
+    return and_(
+        Fingerprint.model_id == model_id,
+        Fingerprint.vocabulary_id.is_distinct_from(vocabulary_id),
+        Fingerprint.local_features.is_not(None),
     )
 
 
@@ -205,6 +315,7 @@ def _write(
     decoded: dict[int, list[Image.Image]],
     vectors: np.ndarray,
     features: Sequence[LocalFeatures],
+    vocabulary: VisualVocabulary | None,
 ) -> tuple[int, int]:
     """Insert one batch under the identification lock, with each event's current pallet."""
     with unit_of_work(session_factory) as session:
@@ -227,6 +338,12 @@ def _write(
                         position=position,
                         embedding=vectors[offset + position],
                         local_features=features[offset + position].to_bytes(),
+                        visual_words=(
+                            as_sparsevec(vocabulary.encode(features[offset + position]))
+                            if vocabulary is not None
+                            else None
+                        ),
+                        vocabulary_id=vocabulary.vocabulary_id if vocabulary is not None else None,
                     )
                     for position in range(count)
                 )
@@ -284,14 +401,22 @@ START_INDEX_LOCK_TIMEOUT_S = 60.0
 
 
 def ensure_serving_index(
-    engine: Engine, model_id: str, dim: int, *, lock_timeout_s: float = START_INDEX_LOCK_TIMEOUT_S
+    engine: Engine,
+    model_id: str,
+    dim: int,
+    *,
+    vocabulary: VisualVocabulary | None = None,
+    lock_timeout_s: float = START_INDEX_LOCK_TIMEOUT_S,
 ) -> None:
-    """At start: the HNSW index of the model in service, built if missing (a model that starts on an empty
-    database, or whose reindex was interrupted before its index). The service starts anyway when it cannot
-    be built (a database not migrated yet, or transactions writing fingerprints for longer than
-    ``lock_timeout_s``): ``/readyz`` then reports the missing index instead of the start hanging."""
+    """At start: the HNSW index of the model in service (and of its visual words with ``vocabulary``), built
+    if missing (a model that starts on an empty database, or whose reindex was interrupted before its
+    index). The service starts anyway when it cannot be built (a database not migrated yet, or transactions
+    writing fingerprints for longer than ``lock_timeout_s``): ``/readyz`` then reports the missing index
+    instead of the start hanging."""
     try:
         ensure_hnsw_index(engine, model_id, dim, lock_timeout_s=lock_timeout_s)
+        if vocabulary is not None:
+            ensure_words_index(engine, model_id, vocabulary, lock_timeout_s=lock_timeout_s)
     except SQLAlchemyError as error:
         logger.warning(
             "HNSW index of %s not built (%s); /readyz stays not ready until it is: restart the service "
@@ -299,3 +424,24 @@ def ensure_serving_index(
             model_id,
             type(error).__name__,
         )
+
+
+def log_words_to_fill(session_factory: Callable[[], Session], model_id: str, vocabulary_id: str) -> None:
+    """At start: how many fingerprints of the model in service lack words of its vocabulary (the word
+    search does not find them until ``palletreid reindex`` fills them)."""
+    try:
+        with session_factory() as session:
+            missing = ReindexRepository(session).count_without_words(model_id, vocabulary_id)
+    except SQLAlchemyError as error:
+        logger.warning("fingerprints without visual words not counted (%s)", type(error).__name__)
+        return
+    if missing:
+        logger.warning(
+            "%d fingerprints of %s have no visual words of %s: the word search does not find them until "
+            "`palletreid reindex --checkpoint <this model>` fills them",
+            missing,
+            model_id,
+            vocabulary_id,
+        )
+    else:
+        logger.info("every fingerprint of %s has visual words of %s", model_id, vocabulary_id)

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from itertools import groupby
 
 import numpy as np
-from pgvector import HalfVector
-from pgvector.sqlalchemy import HALFVEC
+from pgvector import HalfVector, SparseVector
+from pgvector.sqlalchemy import HALFVEC, SPARSEVEC
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    LargeBinary,
     Select,
     String,
+    and_,
     bindparam,
     cast,
     func,
@@ -32,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from app.db.tables import Fingerprint, Pallet
 from models.runtime.local_features import LocalFeatures
+from models.runtime.visual_words import SparseWords, VisualVocabulary
 from models.runtime.voting import unit_rows
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ INDEX_BUILD_LOCK_KEY = zlib.crc32(b"palletreid:hnsw-index-build")
 """Key of the session-level advisory lock under which a model's HNSW index is checked and built."""
 
 HNSW_INDEX_PREFIX = "ix_fingerprints_hnsw_"
+WORDS_INDEX_PREFIX = HNSW_INDEX_PREFIX + "words_"
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 MAX_INDEXED_DIM = 4000
@@ -64,6 +68,14 @@ class StoredCapture:
 
     event_id: int
     fingerprints: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWords:
+    """The visual words one event recorded for a pallet, by block position (``None``: a block without)."""
+
+    event_id: int
+    words: list[SparseWords | None]
 
 
 class FingerprintRepository:
@@ -108,6 +120,52 @@ class FingerprintRepository:
             for pallet_id, status, distance in rows
         ]
 
+    def nearest_words_per_block(
+        self, words: Sequence[SparseWords], *, model_id: str, vocabulary_id: str, limit: int
+    ) -> list[list[StoredNeighbour]]:
+        """For each query block, the ``limit`` stored blocks of ``model_id`` sharing the most visual words
+        (cosine of the word vectors, through the words' HNSW index); all blocks in one statement. A block
+        without words has no neighbours, and neither has a stored block any word in common with the query.
+        """
+        per_block: list[list[StoredNeighbour]] = [[] for _ in range(len(words))]
+        searched = [position for position, block in enumerate(words) if len(block)]
+        if not searched:
+            return per_block
+        statement = nearest_words_per_block_query(
+            [words[position] for position in searched],
+            model_id=model_id,
+            vocabulary_id=vocabulary_id,
+            limit=limit,
+        )
+        for block, pallet_id, status, negative_inner_product in self._session.execute(statement):
+            similarity = -float(negative_inner_product)
+            if similarity > 0:
+                per_block[searched[block - 1]].append(
+                    StoredNeighbour(pallet_id=pallet_id, pallet_status=status, similarity=similarity)
+                )
+        return per_block
+
+    def latest_words(
+        self, pallet_ids: Sequence[uuid.UUID], *, model_id: str, vocabulary_id: str
+    ) -> dict[uuid.UUID, StoredWords]:
+        """The visual words of each pallet's newest capture that has words of ``vocabulary_id``.
+
+        One round trip; only the words travel, in pgvector's binary form (``sparsevec_send``: parsing the
+        text form costs about as much per block as pairing it).
+        """
+        if not pallet_ids:
+            return {}
+        rows = self._session.execute(
+            latest_words_query(pallet_ids, model_id=model_id, vocabulary_id=vocabulary_id)
+        ).all()
+        latest: dict[uuid.UUID, StoredWords] = {}
+        for (pallet_id, event_id), blocks in groupby(rows, key=lambda row: (row[0], row[1])):
+            by_position = {position: words_from_binary(data) for _, _, position, data in blocks}
+            latest[pallet_id] = StoredWords(
+                event_id, [by_position.get(position) for position in range(max(by_position) + 1)]
+            )
+        return latest
+
     def latest_captures(
         self, pallet_ids: Sequence[uuid.UUID], *, model_id: str, per_pallet: int
     ) -> dict[uuid.UUID, list[StoredCapture]]:
@@ -125,6 +183,20 @@ class FingerprintRepository:
             fingerprints = unit_rows([_as_array(row[2]) for row in blocks])
             captures.setdefault(pallet_id, []).append(StoredCapture(event_id, fingerprints))
         return captures
+
+    def captures_fingerprints(self, event_ids: Collection[int], *, model_id: str) -> dict[int, np.ndarray]:
+        """The fingerprints (unit rows, upload order) of several captures in one round trip."""
+        if not event_ids:
+            return {}
+        rows = self._session.execute(
+            select(Fingerprint.event_id, Fingerprint.embedding)
+            .where(Fingerprint.event_id.in_(event_ids), Fingerprint.model_id == model_id)
+            .order_by(Fingerprint.event_id, Fingerprint.position)
+        ).all()
+        return {
+            event_id: unit_rows([_as_array(row[1]) for row in blocks])
+            for event_id, blocks in groupby(rows, key=lambda row: row[0])
+        }
 
     def capture_features(self, event_id: int, *, model_id: str) -> list[LocalFeatures | None]:
         """The local features of one capture's blocks in upload order (``None`` where none were stored)."""
@@ -168,23 +240,59 @@ def hnsw_index_ddl(model_id: str, dim: int, *, concurrently: bool = False) -> st
     statements below filter on the same literal ``model_id`` and order by the same expression."""
     if not 1 <= dim <= MAX_INDEXED_DIM:
         raise ValueError(f"an HNSW index takes 1 to {MAX_INDEXED_DIM} dimensions, not {dim}")
-    quoted_model = "'" + model_id.replace("'", "''") + "'"  # standard_conforming_strings is on since 9.1
     return (
         f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS {hnsw_index_name(model_id)} "
         f"ON {Fingerprint.__tablename__} USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops) "
-        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE model_id = {quoted_model}"
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE model_id = {_quoted(model_id)}"
     )
+
+
+def words_index_name(model_id: str, vocabulary_id: str) -> str:
+    """Name of the HNSW index over the visual words of ``model_id``'s rows computed with ``vocabulary_id``
+    (under :data:`HNSW_INDEX_PREFIX`, like the fingerprints' indexes: both follow the data)."""
+    digest = hashlib.sha256(f"{model_id}\n{vocabulary_id}".encode()).hexdigest()[:16]
+    return WORDS_INDEX_PREFIX + digest
+
+
+def words_index_ddl(model_id: str, vocabulary_id: str, size: int, *, concurrently: bool = False) -> str:
+    """``CREATE INDEX`` of the visual-word index: partial over the rows of ``model_id`` whose words were
+    computed with ``vocabulary_id``, on ``visual_words::sparsevec(size)`` with inner-product operators (the
+    vectors are unit length: the inner product is their cosine). :func:`nearest_words_per_block_query`
+    filters on the same literals and orders by the same expression."""
+    if size < 1:
+        raise ValueError(f"a vocabulary has at least one word, not {size}")
+    return (
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS "
+        f"{words_index_name(model_id, vocabulary_id)} ON {Fingerprint.__tablename__} USING hnsw "
+        f"((visual_words::sparsevec({size})) sparsevec_ip_ops) "
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
+        f"WHERE model_id = {_quoted(model_id)} AND vocabulary_id = {_quoted(vocabulary_id)}"
+    )
+
+
+def words_index_valid(connection: Connection | Session, model_id: str, vocabulary_id: str) -> bool | None:
+    """:func:`hnsw_index_valid` for the visual-word index of ``model_id`` and ``vocabulary_id``."""
+    return _index_valid(connection, words_index_name(model_id, vocabulary_id))
+
+
+def _quoted(value: str) -> str:
+    """A SQL string literal (``standard_conforming_strings`` is on since PostgreSQL 9.1)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def hnsw_index_valid(connection: Connection | Session, model_id: str) -> bool | None:
     """Whether ``model_id``'s HNSW index is usable: ``None`` without one, ``False`` for one left invalid by
     an interrupted ``CREATE INDEX CONCURRENTLY``."""
+    return _index_valid(connection, hnsw_index_name(model_id))
+
+
+def _index_valid(connection: Connection | Session, name: str) -> bool | None:
     valid: bool | None = connection.execute(
         text(
             "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "WHERE c.relname = :name AND i.indrelid = to_regclass(:table)"
         ),
-        {"name": hnsw_index_name(model_id), "table": Fingerprint.__tablename__},
+        {"name": name, "table": Fingerprint.__tablename__},
     ).scalar_one_or_none()
     return valid
 
@@ -200,32 +308,54 @@ def ensure_hnsw_index(
     ``lock_timeout_s``, a wait for those transactions longer than that raises ``OperationalError`` (the
     invalid index it leaves is dropped by the next call).
     """
+    return _ensure_index(
+        engine,
+        hnsw_index_name(model_id),
+        hnsw_index_ddl(model_id, dim, concurrently=True),
+        f"the {dim}-dim fingerprints of {model_id}",
+        lock_timeout_s,
+    )
+
+
+def ensure_words_index(
+    engine: Engine, model_id: str, vocabulary: VisualVocabulary, *, lock_timeout_s: float | None = None
+) -> bool:
+    """:func:`ensure_hnsw_index` for the visual words of ``model_id``'s rows computed with ``vocabulary``."""
+    return _ensure_index(
+        engine,
+        words_index_name(model_id, vocabulary.vocabulary_id),
+        words_index_ddl(model_id, vocabulary.vocabulary_id, vocabulary.size, concurrently=True),
+        f"the visual words ({vocabulary.vocabulary_id}) of {model_id}",
+        lock_timeout_s,
+    )
+
+
+def _ensure_index(
+    engine: Engine, name: str, ddl: str, description: str, lock_timeout_s: float | None
+) -> bool:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         timeout = "0" if lock_timeout_s is None else f"{round(lock_timeout_s * 1000)}ms"
         connection.execute(select(func.set_config("lock_timeout", timeout, False)))
         try:
             connection.execute(select(func.pg_advisory_lock(INDEX_BUILD_LOCK_KEY)))
             try:
-                return _build_hnsw_index(connection, model_id, dim)
+                return _build_index(connection, name, ddl, description)
             finally:
                 connection.execute(select(func.pg_advisory_unlock(INDEX_BUILD_LOCK_KEY)))
         finally:  # the connection goes back to the pool
             connection.execute(text("RESET lock_timeout"))
 
 
-def _build_hnsw_index(connection: Connection, model_id: str, dim: int) -> bool:
-    valid = hnsw_index_valid(connection, model_id)
+def _build_index(connection: Connection, name: str, ddl: str, description: str) -> bool:
+    valid = _index_valid(connection, name)
     if valid:
         return False
-    name = hnsw_index_name(model_id)
     if valid is False:
         logger.warning("dropping the invalid HNSW index %s left by an interrupted build", name)
         connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-    logger.info("building HNSW index %s for the %d-dim fingerprints of %s", name, dim, model_id)
-    # sent as it is: the model id in it is data, neither text() nor the driver may read ":x" or "%s" in it
-    connection.exec_driver_sql(
-        hnsw_index_ddl(model_id, dim, concurrently=True), execution_options={"no_parameters": True}
-    )
+    logger.info("building HNSW index %s for %s", name, description)
+    # sent as it is: the ids in it are data, neither text() nor the driver may read ":x" or "%s" in them
+    connection.exec_driver_sql(ddl, execution_options={"no_parameters": True})
     return True
 
 
@@ -330,6 +460,100 @@ def latest_captures_query(
         select(ranked.c.pallet_id, ranked.c.event_id, ranked.c.embedding)
         .where(ranked.c.recency <= per_pallet)
         .order_by(ranked.c.pallet_id, ranked.c.event_id.desc(), ranked.c.position)
+    )
+
+
+def as_sparsevec(words: SparseWords) -> SparseVector:
+    """``words`` as pgvector's ``sparsevec`` value."""
+    return SparseVector(
+        dict(zip(words.indices.tolist(), words.values.tolist(), strict=True)), words.dimensions
+    )
+
+
+def words_from_binary(data: bytes) -> SparseWords:
+    """A ``sparsevec`` in pgvector's binary form (``sparsevec_send``): big-endian int32 dimensions,
+    non-zeros and a zero, then the 0-based indices (int32) and the values (float4)."""
+    dimensions, nonzeros, _ = np.frombuffer(data, dtype=">i4", count=3)
+    indices = np.frombuffer(data, dtype=">i4", count=nonzeros, offset=12)
+    values = np.frombuffer(data, dtype=">f4", count=nonzeros, offset=12 + 4 * int(nonzeros))
+    return SparseWords(
+        indices=indices.astype(np.int32), values=values.astype(np.float32), dimensions=int(dimensions)
+    )
+
+
+def _of_vocabulary(model_id: str, vocabulary_id: str) -> ColumnElement[bool]:
+    """Rows of ``model_id`` with words of ``vocabulary_id``, as literals (the words index's predicate)."""
+    return and_(
+        _of_model(model_id), Fingerprint.vocabulary_id == literal(vocabulary_id, String, literal_execute=True)
+    )
+
+
+def nearest_words_per_block_query(
+    words: Sequence[SparseWords], *, model_id: str, vocabulary_id: str, limit: int
+) -> Select[int, uuid.UUID, str, float]:
+    """The visual-word k-NN of every query block in one statement: block (1-based), pallet, its status, and
+    the negative inner product (pgvector's ``<#>``; the vectors are unit length, so minus the cosine).
+
+    Built like :func:`nearest_per_block_query`: a ``LATERAL`` index scan per block over the words' partial
+    HNSW index (``visual_words::sparsevec(<size>)``, rows of ``model_id`` and ``vocabulary_id``).
+    """
+    if not words:
+        raise ValueError("no query blocks")
+    size = words[0].dimensions
+    if any(block.dimensions != size for block in words):
+        raise ValueError("query blocks of one statement come from one vocabulary")
+    vectors = bindparam("query_words", [as_sparsevec(block) for block in words], type_=ARRAY(SPARSEVEC(size)))
+    blocks = (
+        func.unnest(cast(vectors, ARRAY(SPARSEVEC(size))))
+        .table_valued("words", with_ordinality="block")
+        .render_derived(name="query_blocks")
+    )
+    distance = cast(Fingerprint.visual_words, SPARSEVEC(size)).max_inner_product(blocks.c.words)
+    nearest = (
+        select(Fingerprint.pallet_id, distance.label("distance"))
+        .where(_of_vocabulary(model_id, vocabulary_id))
+        .order_by(distance)
+        .limit(limit)
+        .lateral("nearest")
+    )
+    return (
+        select(blocks.c.block, nearest.c.pallet_id, Pallet.status, nearest.c.distance)
+        .select_from(blocks)
+        .join(nearest, true())
+        .join(Pallet, Pallet.id == nearest.c.pallet_id)
+        .order_by(blocks.c.block, nearest.c.distance)
+    )
+
+
+def latest_words_query(
+    pallet_ids: Sequence[uuid.UUID], *, model_id: str, vocabulary_id: str
+) -> Select[uuid.UUID, int, int, bytes]:
+    """The words (binary) of each pallet's newest event with words of ``vocabulary_id``, by pallet, position.
+
+    Reads through ``ix_fingerprints_pallet_id``, like :func:`latest_captures_query`.
+    """
+    ranked = (
+        select(
+            Fingerprint.pallet_id,
+            Fingerprint.event_id,
+            Fingerprint.position,
+            func.sparsevec_send(Fingerprint.visual_words, type_=LargeBinary).label("words"),
+            func.dense_rank()
+            .over(partition_by=Fingerprint.pallet_id, order_by=Fingerprint.event_id.desc())
+            .label("recency"),
+        )
+        .where(
+            Fingerprint.pallet_id.in_(pallet_ids),
+            Fingerprint.model_id == model_id,
+            Fingerprint.vocabulary_id == vocabulary_id,
+            Fingerprint.visual_words.is_not(None),
+        )
+        .subquery()
+    )
+    return (
+        select(ranked.c.pallet_id, ranked.c.event_id, ranked.c.position, ranked.c.words)
+        .where(ranked.c.recency == 1)
+        .order_by(ranked.c.pallet_id, ranked.c.position)
     )
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -44,14 +45,15 @@ from app.errors import (
 )
 from app.events.repository import EventRepository
 from app.images.service import BlockImageRecorder
-from app.matching.repository import FingerprintRepository, StoredCapture, StoredNeighbour
+from app.matching.repository import FingerprintRepository, StoredCapture, StoredNeighbour, as_sparsevec
 from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult, SideDetections, Verification
 from app.metrics.stages import Stage, StageStopwatch
-from app.model_runner import BlockAnalysis
+from app.model_runner import BlockAnalysis, BlockWords
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
 from models.runtime.local_features import LocalFeatures
 from models.runtime.thresholds import DecisionParameters
+from models.runtime.visual_words import SparseWords
 from models.runtime.voting import (
     Candidate,
     GeometryParameters,
@@ -59,8 +61,10 @@ from models.runtime.voting import (
     Outcome,
     VerifiedDecision,
     VotingThresholds,
+    WordCandidate,
     decide_verified,
     pair_blocks,
+    rank_word_candidates,
     shortlist,
     unit_rows,
 )
@@ -203,6 +207,10 @@ class MatchingService:
             raise InvalidRequestError(
                 f"{len(embeddings)} fingerprints but {len(blocks.features)} feature sets"
             )
+        if blocks.words is not None and len(blocks.words.per_block) != len(embeddings):
+            raise InvalidRequestError(
+                f"{len(embeddings)} fingerprints but {len(blocks.words.per_block)} word vectors"
+            )
 
         self._fingerprints.lock_identification()
         if details.idempotency_key is not None:
@@ -259,6 +267,7 @@ class MatchingService:
                 ),
             )
         )
+        words = blocks.words
         self._fingerprints.add_all(
             [
                 Fingerprint(
@@ -268,6 +277,8 @@ class MatchingService:
                     position=position,
                     embedding=vector,
                     local_features=features.to_bytes(),
+                    visual_words=as_sparsevec(words.per_block[position]) if words is not None else None,
+                    vocabulary_id=words.vocabulary_id if words is not None else None,
                 )
                 for position, (vector, features) in enumerate(zip(embeddings, blocks.features, strict=True))
             ]
@@ -297,18 +308,20 @@ class MatchingService:
         A receipt can only be a pallet that is not in stock (a returning one), so in-stock pallets are left
         out of its shortlist. The six k-NN searches run in one statement; stored local features are read for
         the captures the rule is expected to check, in one more (see ``_captures_to_check``).
+        With visual words (``blocks.words``), the blocks sharing the most words are found in one more
+        statement and their pallets ranked by word pairing (``_word_candidates``): the rule checks the best
+        of them too when the network's candidates give no clear match.
         A pallet recorded before local features were stored cannot be verified: if the network alone
         matched it, the query is flagged for review rather than merged (or silently registered).
         """
         stopwatch = StageStopwatch()
+        geometry = self._config.geometry
         self._fingerprints.configure_search(ef_search=self._config.ef_search)
         per_block = self._fingerprints.nearest_per_block(
             blocks.fingerprints, model_id=model_id, limit=self._config.top_k
         )
         if kind is EventKind.RECEIPT:
-            per_block = [
-                [n for n in block if n.pallet_status != PalletStatus.IN_STOCK] for block in per_block
-            ]
+            per_block = _not_in_stock(per_block)
         neighbours = _neighbours(per_block)
         captures = self._fingerprints.latest_captures(
             shortlist(neighbours, self._config.shortlist_size),
@@ -318,15 +331,31 @@ class MatchingService:
         in_stock = {
             n.pallet_id for block in per_block for n in block if n.pallet_status == PalletStatus.IN_STOCK
         }
+        # capture index (as decide_verified and load_features count them) -> event, per pallet: the
+        # network's captures first, then those only the word search brought
+        capture_events = {pallet: [c.event_id for c in stored] for pallet, stored in captures.items()}
+        word_candidates = (
+            self._word_candidates(kind, blocks.words, model_id, capture_events)
+            if blocks.words is not None and geometry.word_candidates_checked > 0
+            else []
+        )
         stopwatch.lap(Stage.SEARCH)
         without_features: set[uuid.UUID] = set()
         query_rows = unit_rows(blocks.fingerprints)
+        network_checks = _captures_to_check(query_rows, captures, geometry)
+        word_checks = [
+            capture_events[candidate.pallet][candidate.capture]
+            for candidate in [c for c in word_candidates if c.pallet not in network_checks][
+                : geometry.word_candidates_checked
+            ]
+        ]
         prefetched = self._fingerprints.captures_features(
-            _captures_to_check(query_rows, captures, self._config.geometry), model_id=model_id
+            [event for events in network_checks.values() for event in events] + word_checks,
+            model_id=model_id,
         )
 
         def load_features(pallet: uuid.UUID, capture: int) -> list[LocalFeatures | None]:
-            event_id = captures[pallet][capture].event_id
+            event_id = capture_events[pallet][capture]
             features = prefetched.get(event_id)
             if features is None:
                 features = self._fingerprints.capture_features(event_id, model_id=model_id)
@@ -341,14 +370,95 @@ class MatchingService:
             {pallet: [c.fingerprints for c in stored] for pallet, stored in captures.items()},
             load_features,
             self._config.thresholds,
-            self._config.geometry,
+            geometry,
             preferred=in_stock,
             executor=self._executor,
+            word_candidates=word_candidates,
+        )
+        decision = self._with_checked_candidates(
+            decision, query_rows, captures, capture_events, in_stock, model_id
         )
         stopwatch.lap(Stage.VERIFY)
         if decision.outcome is Outcome.NEW and decision.network.pallet in without_features:
             return replace(decision, outcome=Outcome.REVIEW)
         return decision
+
+    def _word_candidates(
+        self,
+        kind: EventKind,
+        words: BlockWords,
+        model_id: str,
+        capture_events: dict[uuid.UUID, list[int]],
+    ) -> list[WordCandidate[uuid.UUID]]:
+        """Pallets whose stored blocks share the most visual words with the query, best word pairing first.
+
+        The ``word_top_k`` blocks of most shared words per query block (a receipt's without pallets in
+        stock) shortlist ``word_shortlist_size`` pallets; the words of each one's newest capture are paired
+        with the query's. Each capture is added to ``capture_events`` (if the network's search had not
+        brought it), so that the rule's features loader finds it under the candidate's capture index.
+        """
+        geometry = self._config.geometry
+        per_block = self._fingerprints.nearest_words_per_block(
+            words.per_block, model_id=model_id, vocabulary_id=words.vocabulary_id, limit=geometry.word_top_k
+        )
+        if kind is EventKind.RECEIPT:
+            per_block = _not_in_stock(per_block)
+        neighbours = _neighbours(per_block)
+        if not any(neighbours):
+            return []
+        stored = self._fingerprints.latest_words(
+            shortlist(neighbours, geometry.word_shortlist_size),
+            model_id=model_id,
+            vocabulary_id=words.vocabulary_id,
+        )
+        ranked: dict[uuid.UUID, list[tuple[int, list[SparseWords | None]]]] = {}
+        for pallet, capture in stored.items():
+            events = capture_events.setdefault(pallet, [])
+            if capture.event_id not in events:
+                events.append(capture.event_id)
+            ranked[pallet] = [(events.index(capture.event_id), capture.words)]
+        return rank_word_candidates(list(words.per_block), ranked)
+
+    def _with_checked_candidates(
+        self,
+        decision: VerifiedDecision[uuid.UUID],
+        query_rows: np.ndarray,
+        captures: Mapping[uuid.UUID, Sequence[StoredCapture]],
+        capture_events: Mapping[uuid.UUID, Sequence[int]],
+        in_stock: Collection[uuid.UUID],
+        model_id: str,
+    ) -> VerifiedDecision[uuid.UUID]:
+        """The decision with every pallet checked geometrically listed among the network's candidates.
+
+        A pallet the word search brought, or one the network paired but ranked below its listed candidates,
+        gets its network evidence: votes, and the pairing score of the checked capture's fingerprints (read
+        in one more round trip for captures the network's search did not bring). So the event's score, the
+        reviewers and the calibration see every pallet the geometric evidence is about.
+        """
+        listed = {candidate.pallet for candidate in decision.network.candidates}
+        extra = [evidence for evidence in decision.checked if evidence.pallet not in listed]
+        if not extra:
+            return decision
+        known = {capture.event_id: capture.fingerprints for stored in captures.values() for capture in stored}
+        events = [capture_events[evidence.pallet][evidence.capture] for evidence in extra]
+        known.update(
+            self._fingerprints.captures_fingerprints(
+                [event for event in events if event not in known], model_id=model_id
+            )
+        )
+        votes = Counter(block.pallet for block in decision.network.blocks if block.counted)
+        added = [
+            Candidate(
+                pallet=evidence.pallet,
+                votes=votes[evidence.pallet],
+                score=pair_blocks(query_rows, known[event]).score,
+                preferred=evidence.pallet in in_stock,
+            )
+            for evidence, event in zip(extra, events, strict=True)
+            if event in known
+        ]
+        network = replace(decision.network, candidates=[*decision.network.candidates, *added])
+        return replace(decision, network=network)
 
     def _matched_or_new(self, pallet_id: uuid.UUID | None, now: datetime) -> tuple[Pallet, MatchDecision]:
         """Row-lock the decided pallet, or register a new one when the vote found none."""
@@ -378,12 +488,14 @@ def _captures_to_check(
     query_rows: np.ndarray,
     captures: Mapping[uuid.UUID, Sequence[StoredCapture]],
     geometry: GeometryParameters,
-) -> list[int]:
-    """Events whose stored local features the rule will most likely read: the best-paired captures of the
-    ``candidates_checked`` best-paired pallets, in the rule's own order (``decide_verified``).
+) -> dict[uuid.UUID, list[int]]:
+    """Events whose stored local features the rule will most likely read for the network's candidates: the
+    best-paired captures of the ``candidates_checked`` best-paired pallets, in the rule's own order
+    (``decide_verified``), by pallet.
 
-    Read together in one round trip instead of one per checked capture; the rule may stop early (a clear
-    match) and read fewer, and any capture it asks for beyond these is still read on demand.
+    Read together (with the word candidates' captures) in one round trip instead of one per checked
+    capture; the rule may stop early (a clear match) and read fewer, and any capture it asks for beyond
+    these is still read on demand.
     """
     ranked = {
         pallet: sorted(
@@ -394,11 +506,15 @@ def _captures_to_check(
         if stored
     }
     order = sorted(ranked, key=lambda pallet: (-ranked[pallet][0][0], str(pallet)))
-    return [
-        event_id
+    return {
+        pallet: [event_id for _, event_id in ranked[pallet][: geometry.captures_checked]]
         for pallet in order[: geometry.candidates_checked]
-        for _, event_id in ranked[pallet][: geometry.captures_checked]
-    ]
+    }
+
+
+def _not_in_stock(per_block: Sequence[Sequence[StoredNeighbour]]) -> list[list[StoredNeighbour]]:
+    """The neighbours a receipt may match: a pallet in stock cannot be received again."""
+    return [[n for n in block if n.pallet_status != PalletStatus.IN_STOCK] for block in per_block]
 
 
 def _neighbours(per_block: Sequence[Sequence[StoredNeighbour]]) -> list[list[Neighbour[uuid.UUID]]]:
@@ -427,7 +543,9 @@ def _match_result(
     max_candidates: int,
 ) -> MatchResult:
     evidence = {item.pallet: item for item in decision.checked} if decision is not None else {}
-    candidates = list(decision.network.candidates[:max_candidates]) if decision is not None else []
+    listed = decision.network.candidates if decision is not None else []
+    # the network's strongest, and every pallet checked geometrically (its evidence is the decision's)
+    candidates = [c for rank, c in enumerate(listed) if rank < max_candidates or c.pallet in evidence]
     return MatchResult(
         event_id=event.id,
         kind=EventKind(event.kind),

@@ -1,0 +1,356 @@
+"""Visual words in the service: stored with each block, searched through their own HNSW index as a second
+source of candidates, filled by the reindex for rows stored without them. Real PostgreSQL, real local
+features of noise images, a real (tiny) vocabulary learned from other noise images."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic import command
+from api_testkit import (
+    FreshDatabase,
+    _noise_block_features,
+    block_analysis,
+    noise_blocks,
+    unit_vectors,
+)
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, inspect, select, text, update
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+from sqlalchemy.orm import Session
+from test_images_reindex import post
+
+from app.cli import main
+from app.db.migrations import alembic_config, upgrade_to_head
+from app.db.session import unit_of_work
+from app.db.tables import EventKind, Fingerprint, MatchDecision
+from app.images.reindex import ReindexRepository, fill_visual_words
+from app.main import create_app
+from app.matching.repository import (
+    FingerprintRepository,
+    nearest_words_per_block_query,
+    words_from_binary,
+    words_index_ddl,
+    words_index_name,
+    words_index_valid,
+)
+from app.matching.schemas import MatchResult
+from app.matching.service import EventDetails, MatchingConfig, MatchingService
+from app.model_runner import BlockAnalysis, BlockWords
+from app.settings import Settings
+from models.runtime.checkpoint import read_metadata, store_vocabulary
+from models.runtime.visual_words import SparseWords, VisualVocabulary
+from models.runtime.voting import GeometryParameters, Outcome, VotingThresholds
+from models.training.vocabulary import VocabularyConfig, learn_vocabulary
+
+MODEL = "model-words"
+NETWORK_REACH_ONE = MatchingConfig(
+    thresholds=VotingThresholds(block_threshold=0.8, min_votes=2, score_threshold=0.3),
+    top_k=6,
+    shortlist_size=1,
+    captures_per_pallet=3,
+    ef_search=40,
+    max_candidates=5,
+    geometry=GeometryParameters(candidates_checked=1),
+)
+"""The network's shortlist holds one pallet and the rule checks only it: a lookalike fools it for real."""
+
+SettingsFactory = Callable[..., Settings]
+Record = Callable[..., MatchResult]
+
+
+@pytest.fixture(scope="module")
+def vocabulary() -> VisualVocabulary:
+    """128 words learned from the local features of noise images that no test records."""
+    training = [
+        features.descriptors for seed in range(100, 104) for features in _noise_block_features(seed, 6)
+    ]
+    return learn_vocabulary(training, VocabularyConfig(branches=8, leaves=16, iterations=5))
+
+
+def with_words(analysis: BlockAnalysis, vocabulary: VisualVocabulary) -> BlockAnalysis:
+    """``analysis`` as the model runner makes it with a vocabulary: the words of its local features."""
+    return replace(analysis, words=BlockWords.encode(vocabulary, analysis.features))
+
+
+@pytest.fixture
+def record(session_factory: Callable[[], Session]) -> Record:
+    def run(
+        kind: EventKind, blocks: BlockAnalysis, config: MatchingConfig = NETWORK_REACH_ONE
+    ) -> MatchResult:
+        with unit_of_work(session_factory) as session:
+            return MatchingService(session, config).record(
+                kind, blocks, model_id=MODEL, details=EventDetails()
+            )
+
+    return run
+
+
+def stored_words(session: Session, pallet_id: uuid.UUID) -> list[tuple[str | None, SparseWords | None]]:
+    rows = session.execute(
+        select(
+            Fingerprint.vocabulary_id,
+            func.sparsevec_send(Fingerprint.visual_words),
+        )
+        .where(Fingerprint.pallet_id == pallet_id)
+        .order_by(Fingerprint.event_id, Fingerprint.position)
+    ).all()
+    return [
+        (vocabulary_id, None if data is None else words_from_binary(data)) for vocabulary_id, data in rows
+    ]
+
+
+def test_migration_0007_adds_the_word_columns_and_takes_them_back(fresh_database: FreshDatabase) -> None:
+    def columns(url: str) -> dict[str, str]:
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            found = {
+                column["name"]: f"{column['type']} {'null' if column['nullable'] else 'not null'}"
+                for column in inspect(connection).get_columns("fingerprints")
+            }
+        engine.dispose()
+        return {name: kind for name, kind in found.items() if name in {"visual_words", "vocabulary_id"}}
+
+    with fresh_database() as url:
+        upgrade_to_head(url)
+        assert columns(url) == {"visual_words": "SPARSEVEC null", "vocabulary_id": "VARCHAR(64) null"}
+        command.downgrade(alembic_config(url), "0006")
+        assert columns(url) == {}
+        upgrade_to_head(url)
+        assert set(columns(url)) == {"visual_words", "vocabulary_id"}
+
+
+def test_a_receipt_stores_the_words_of_its_blocks_and_their_vocabulary(
+    record: Record, session: Session, vocabulary: VisualVocabulary
+) -> None:
+    blocks = with_words(block_analysis(seed=1), vocabulary)
+    receipt = record(EventKind.RECEIPT, blocks)
+    stored = stored_words(session, receipt.pallet_id)
+    assert [vocabulary_id for vocabulary_id, _ in stored] == [vocabulary.vocabulary_id] * 6
+    assert blocks.words is not None
+    for (_, words), expected in zip(stored, blocks.words.per_block, strict=True):
+        assert words is not None and words.dimensions == vocabulary.size
+        np.testing.assert_array_equal(words.indices, expected.indices)
+        np.testing.assert_allclose(words.values, expected.values, rtol=1e-6)
+    without = record(EventKind.RECEIPT, block_analysis(seed=2))
+    assert stored_words(session, without.pallet_id) == [(None, None)] * 6, "a model without a vocabulary"
+
+
+def test_word_search_finds_the_pallet_of_the_same_blocks_first_through_its_index(
+    record: Record, session: Session, vocabulary: VisualVocabulary
+) -> None:
+    receipts = {
+        seed: record(EventKind.RECEIPT, with_words(block_analysis(seed=seed), vocabulary))
+        for seed in (3, 4, 5, 6)
+    }
+    dispatch = with_words(block_analysis(seed=5), vocabulary).words
+    assert dispatch is not None
+    session.execute(text(words_index_ddl(MODEL, vocabulary.vocabulary_id, vocabulary.size)))  # built at start
+    repository = FingerprintRepository(session)
+    repository.configure_search(ef_search=40)
+
+    per_block = repository.nearest_words_per_block(
+        dispatch.per_block, model_id=MODEL, vocabulary_id=vocabulary.vocabulary_id, limit=5
+    )
+
+    assert [block[0].pallet_id for block in per_block] == [receipts[5].pallet_id] * 6
+    assert all(block[0].similarity == pytest.approx(1.0, abs=1e-5) for block in per_block)
+    assert all(len(block) == 5 and block[0].similarity >= block[-1].similarity for block in per_block)
+    other = repository.nearest_words_per_block(
+        dispatch.per_block, model_id="another-model", vocabulary_id=vocabulary.vocabulary_id, limit=5
+    )
+    assert other == [[]] * 6, "only the model's own rows"
+
+    statement = nearest_words_per_block_query(
+        dispatch.per_block, model_id=MODEL, vocabulary_id=vocabulary.vocabulary_id, limit=5
+    )
+    compiled = statement.compile(dialect=psycopg_dialect(), compile_kwargs={"render_postcompile": True})
+    parameters = {
+        name: [vector.to_text() for vector in value] if isinstance(value, list) else value
+        for name, value in compiled.params.items()
+    }
+    session.execute(text("SET LOCAL enable_seqscan = off"))
+    plan = "\n".join(session.connection().exec_driver_sql(f"EXPLAIN {compiled}", parameters).scalars())
+    assert words_index_name(MODEL, vocabulary.vocabulary_id) in plan
+
+
+def test_a_pallet_the_network_misses_is_matched_through_its_words(
+    record: Record, session: Session, vocabulary: VisualVocabulary
+) -> None:
+    """The network's one shortlisted, one checked pallet is a lookalike (the dispatch's fingerprints are
+    its own); the true pallet shares the dispatch's blocks, which only the word search sees."""
+    lookalike = record(EventKind.RECEIPT, with_words(block_analysis(seed=7), vocabulary))
+    true_pallet = record(EventKind.RECEIPT, with_words(block_analysis(seed=8), vocabulary))
+    for seed in (9, 10):
+        record(EventKind.RECEIPT, with_words(block_analysis(seed=seed), vocabulary))
+    dispatch = with_words(block_analysis(seed=8, fingerprints=unit_vectors(seed=7)), vocabulary)
+    words_off = replace(
+        NETWORK_REACH_ONE, geometry=GeometryParameters(candidates_checked=1, word_candidates_checked=0)
+    )
+
+    without_words = MatchingService(session, words_off).identify(EventKind.DISPATCH, dispatch, model_id=MODEL)
+    assert without_words.outcome is Outcome.NEW and without_words.pallet is None
+    assert [evidence.pallet for evidence in without_words.checked] == [lookalike.pallet_id]
+
+    matched = record(EventKind.DISPATCH, dispatch)
+    assert matched.decision is MatchDecision.MATCHED and not matched.review
+    assert matched.pallet_id == true_pallet.pallet_id
+    assert matched.verification is not None and matched.verification.candidates_checked >= 2
+    assert matched.verification.confirmed_blocks == 6
+    found = {c.pallet_id: c for c in matched.candidates}
+    assert found[true_pallet.pallet_id].inliers == matched.verification.inliers
+    assert found[true_pallet.pallet_id].votes == 0, "the network voted for the lookalike"
+    assert abs(found[true_pallet.pallet_id].score) < 0.2, "its fingerprints do not resemble the dispatch's"
+    assert matched.votes == 0 and matched.score == found[true_pallet.pallet_id].score
+
+
+def test_a_returning_pallet_is_received_through_its_words_but_not_while_in_stock(
+    record: Record, vocabulary: VisualVocabulary
+) -> None:
+    """The lookalike's fingerprints are the receipt's, its blocks another pallet's (seed 11)."""
+    pallet = record(EventKind.RECEIPT, with_words(block_analysis(seed=11), vocabulary))
+    lookalike = record(
+        EventKind.RECEIPT, with_words(block_analysis(seed=13, fingerprints=unit_vectors(12)), vocabulary)
+    )
+    assert (
+        record(EventKind.DISPATCH, with_words(block_analysis(seed=11), vocabulary)).pallet_id
+        == pallet.pallet_id
+    )
+    assert (
+        record(
+            EventKind.DISPATCH, with_words(block_analysis(seed=13, fingerprints=unit_vectors(12)), vocabulary)
+        ).pallet_id
+        == lookalike.pallet_id
+    )
+    returning = with_words(block_analysis(seed=11, fingerprints=unit_vectors(seed=12)), vocabulary)
+
+    received = record(EventKind.RECEIPT, returning)
+    assert received.decision is MatchDecision.MATCHED and received.pallet_id == pallet.pallet_id
+
+    again = record(EventKind.RECEIPT, returning)
+    assert again.decision is MatchDecision.REGISTERED and again.pallet_id != pallet.pallet_id
+    assert again.verification is not None and again.verification.candidates_checked == 1, "the lookalike"
+    assert [c.pallet_id for c in again.candidates] == [lookalike.pallet_id]
+
+
+def test_reindex_fills_the_words_of_rows_without_them_from_their_local_features(
+    record: Record, session: Session, session_factory: Callable[[], Session], vocabulary: VisualVocabulary
+) -> None:
+    without = record(EventKind.RECEIPT, block_analysis(seed=13))
+    stale = record(EventKind.RECEIPT, with_words(block_analysis(seed=14), vocabulary))
+    session.execute(
+        update(Fingerprint).where(Fingerprint.pallet_id == stale.pallet_id).values(vocabulary_id="words-old")
+    )
+    current = record(EventKind.RECEIPT, with_words(block_analysis(seed=15), vocabulary))
+    assert ReindexRepository(session).count_without_words(MODEL, vocabulary.vocabulary_id) == 12
+    seen: list[tuple[int, int]] = []
+
+    report = fill_visual_words(
+        session_factory,
+        model_id=MODEL,
+        vocabulary=vocabulary,
+        batch_size=5,
+        progress=lambda *p: seen.append(p),
+    )
+
+    assert (report.fingerprints_filled, report.without_features) == (12, 0)
+    assert seen == [(5, 12), (10, 12), (12, 12)]
+    assert ReindexRepository(session).count_without_words(MODEL, vocabulary.vocabulary_id) == 0
+    expected = with_words(block_analysis(seed=13), vocabulary).words
+    assert expected is not None
+    for (vocabulary_id, words), block in zip(
+        stored_words(session, without.pallet_id), expected.per_block, strict=True
+    ):
+        assert vocabulary_id == vocabulary.vocabulary_id and words is not None
+        np.testing.assert_array_equal(words.indices, block.indices)
+    assert {v for v, _ in stored_words(session, stale.pallet_id)} == {vocabulary.vocabulary_id}
+    assert {v for v, _ in stored_words(session, current.pallet_id)} == {vocabulary.vocabulary_id}
+    again = fill_visual_words(session_factory, model_id=MODEL, vocabulary=vocabulary)
+    assert again.fingerprints_filled == 0
+
+
+@pytest.fixture(scope="module")
+def words_checkpoint(
+    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, vocabulary: VisualVocabulary
+) -> Path:
+    """The tiny test checkpoint with the vocabulary stored beside its weights (same model id)."""
+    path = tmp_path_factory.mktemp("checkpoint-words") / "tiny-words.safetensors"
+    shutil.copyfile(tiny_checkpoint, path)
+    store_vocabulary(path, vocabulary)
+    return path
+
+
+def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_the_older_rows(
+    fresh_database: FreshDatabase,
+    tiny_checkpoint: Path,
+    words_checkpoint: Path,
+    make_settings: SettingsFactory,
+    vocabulary: VisualVocabulary,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    images = tmp_path / "images"
+    model_id = read_metadata(words_checkpoint).model_id
+    assert model_id == read_metadata(tiny_checkpoint).model_id, "the vocabulary is not part of the model id"
+    vocabulary_id = vocabulary.vocabulary_id
+    caplog.set_level(logging.INFO, logger="app")
+    with fresh_database() as url:
+        upgrade_to_head(url)
+        with TestClient(create_app(make_settings(url, tiny_checkpoint, image_store=images))) as old:
+            assert old.get("/readyz").json()["vocabulary"] is None
+            for seed in (121, 122):
+                post(old, "/v1/receipts", noise_blocks(seed, count=2))
+
+        with TestClient(create_app(make_settings(url, words_checkpoint, image_store=images))) as served:
+            ready = served.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert (
+                ready.json()["vocabulary"] == vocabulary_id == read_metadata(words_checkpoint).vocabulary_id
+            )
+            assert ready.json()["decision_parameters"]["geometry"]["word_candidates_checked"] == 5
+            dispatch = post(served, "/v1/dispatches", noise_blocks(122, count=2))
+            assert dispatch["decision"] == "matched"
+        messages = [record.getMessage() for record in caplog.records]
+        assert any(f"visual words {vocabulary_id}, block detector" in message for message in messages)
+        assert any(
+            f"4 fingerprints of {model_id} have no visual words of {vocabulary_id}" in message
+            for message in messages
+        ), messages
+
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            assert words_index_valid(connection, model_id, vocabulary_id), "built at start"
+            stored = stored_words(Session(bind=connection), uuid.UUID(dispatch["pallet_id"]))
+        assert [v for v, _ in stored] == [None, None, vocabulary_id, vocabulary_id], "receipt, then dispatch"
+        assert all(words is not None and len(words) for _, words in stored[2:])
+
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("PALLETREID_IMAGE_STORE", str(images))
+        assert main(["reindex", "--checkpoint", str(words_checkpoint), "--threads", "1"]) == 0
+        out = capsys.readouterr().out
+        assert (
+            f"visual words {vocabulary_id}: 4 fingerprints filled from their local features, "
+            "0 without local features (no words); their HNSW index in place"
+        ) in out
+        with engine.connect() as connection:
+            assert (
+                ReindexRepository(Session(bind=connection)).count_without_words(model_id, vocabulary_id) == 0
+            )
+        engine.dispose()
+
+        caplog.clear()
+        with TestClient(create_app(make_settings(url, words_checkpoint, image_store=images))):
+            pass
+        assert any(
+            f"every fingerprint of {model_id} has visual words of {vocabulary_id}" in record.getMessage()
+            for record in caplog.records
+        )
