@@ -159,17 +159,16 @@ def word_similarities(
 ) -> npt.NDArray[np.float64]:
     """Cosine similarity of every query block's words with every stored block's (0 where one has none)."""
     similarities = np.zeros((len(query), len(stored)), np.float64)
-    for row, left in enumerate(query):
-        if left is None or not len(left):
-            continue
-        for column, right in enumerate(stored):
-            if right is None or not len(right):
-                continue
-            common, left_at, right_at = np.intersect1d(
-                left.indices, right.indices, assume_unique=True, return_indices=True
-            )
-            if len(common):
-                similarities[row, column] = float(
-                    np.dot(left.values[left_at].astype(np.float64), right.values[right_at])
-                )
+    present = [words for words in (*query, *stored) if words is not None and len(words)]
+    if not present:
+        return similarities
+    if len({words.dimensions for words in present}) > 1:
+        raise ValueError("word vectors of different vocabularies cannot be compared")
+    dense = np.zeros((len(query), present[0].dimensions), np.float64)
+    for row, words in enumerate(query):
+        if words is not None:
+            dense[row, words.indices] = words.values
+    for column, words in enumerate(stored):
+        if words is not None and len(words):
+            similarities[:, column] = dense[:, words.indices] @ words.values.astype(np.float64)
     return similarities

@@ -188,3 +188,11 @@ def test_a_vocabulary_that_is_not_the_one_named_is_refused(
     save_file(tensors, str(checkpoint), metadata=metadata.to_header())
     with pytest.raises(CheckpointError, match="names vocabulary"):
         load_vocabulary(checkpoint)
+
+
+def test_words_of_different_vocabularies_are_not_compared() -> None:
+    small = SparseWords(np.array([1], np.int32), np.array([1.0], np.float32), dimensions=10)
+    large = SparseWords(np.array([1], np.int32), np.array([1.0], np.float32), dimensions=20)
+    assert word_similarities([small], [small])[0, 0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="different vocabularies"):
+        word_similarities([small], [large])
