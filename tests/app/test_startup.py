@@ -51,7 +51,9 @@ def _calibrated_copy(tiny_checkpoint: Path, tmp_path: Path) -> tuple[Path, Decis
         model_id=read_metadata(path).model_id,
         thresholds=VotingThresholds(block_threshold=0.99, min_votes=2, score_threshold=0.98),
         rule=RuleSettings(top_k=8, shortlist_size=5, captures_per_pallet=2),
-        geometry=GeometryParameters(candidates_checked=3, match_inliers=150, review_inliers=90),
+        geometry=GeometryParameters(
+            candidates_checked=3, match_inliers=150, review_inliers=90, word_candidates_checked=2
+        ),
     )
     store_decision_parameters(path, parameters)
     return path, parameters
@@ -86,6 +88,9 @@ def test_readyz_shows_the_checkpoint_parameters_and_the_overrides(
             "match_blocks": 2,
             "min_margin": 50,
             "review_inliers": 90,
+            "word_top_k": 20,
+            "word_shortlist_size": 30,
+            "word_candidates_checked": 2,
             "review_when_network_matches": False,
         },
         "source": f"checkpoint {path}",
