@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TypeVar, overload
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -68,6 +69,8 @@ from models.runtime.voting import (
     shortlist,
     unit_rows,
 )
+
+_Item = TypeVar("_Item")
 
 STATUS_AFTER: dict[EventKind, PalletStatus] = {
     EventKind.RECEIPT: PalletStatus.IN_STOCK,
@@ -308,9 +311,11 @@ class MatchingService:
         A receipt can only be a pallet that is not in stock (a returning one), so in-stock pallets are left
         out of its shortlist. The six k-NN searches run in one statement; stored local features are read for
         the captures the rule is expected to check, in one more (see ``_captures_to_check``).
-        With visual words (``blocks.words``), the blocks sharing the most words are found in one more
-        statement and their pallets ranked by word pairing (``_word_candidates``): the rule checks the best
-        of them too when the network's candidates give no clear match.
+        With visual words (``blocks.words``), when the network's candidates give no clear match, the blocks
+        sharing the most words are found in one more statement and their pallets ranked by word pairing
+        (``_word_candidates``), and the rule checks the best of them too. Only then (timed as ``verify``):
+        the word search costs tens of milliseconds (sparse k-NN, the shortlisted pallets' words, pairing
+        them), which a query the network's candidates clearly match does not need.
         A pallet recorded before local features were stored cannot be verified: if the network alone
         matched it, the query is flagged for review rather than merged (or silently registered).
         """
@@ -334,24 +339,22 @@ class MatchingService:
         # capture index (as decide_verified and load_features count them) -> event, per pallet: the
         # network's captures first, then those only the word search brought
         capture_events = {pallet: [c.event_id for c in stored] for pallet, stored in captures.items()}
-        word_candidates = (
-            self._word_candidates(kind, blocks.words, model_id, capture_events)
-            if blocks.words is not None and geometry.word_candidates_checked > 0
-            else []
-        )
         stopwatch.lap(Stage.SEARCH)
         without_features: set[uuid.UUID] = set()
         query_rows = unit_rows(blocks.fingerprints)
         network_checks = _captures_to_check(query_rows, captures, geometry)
-        word_checks = [
-            capture_events[candidate.pallet][candidate.capture]
-            for candidate in [c for c in word_candidates if c.pallet not in network_checks][
-                : geometry.word_candidates_checked
-            ]
-        ]
         prefetched = self._fingerprints.captures_features(
-            [event for events in network_checks.values() for event in events] + word_checks,
-            model_id=model_id,
+            [event for events in network_checks.values() for event in events], model_id=model_id
+        )
+        words = blocks.words
+        word_candidates: Sequence[WordCandidate[uuid.UUID]] = (
+            _OnFirstUse(
+                lambda: self._word_candidates(
+                    kind, words, model_id, capture_events, network_checks, prefetched
+                )
+            )
+            if words is not None and geometry.word_candidates_checked > 0
+            else ()
         )
 
         def load_features(pallet: uuid.UUID, capture: int) -> list[LocalFeatures | None]:
@@ -389,13 +392,17 @@ class MatchingService:
         words: BlockWords,
         model_id: str,
         capture_events: dict[uuid.UUID, list[int]],
+        network_checks: Collection[uuid.UUID],
+        prefetched: dict[int, list[LocalFeatures | None]],
     ) -> list[WordCandidate[uuid.UUID]]:
         """Pallets whose stored blocks share the most visual words with the query, best word pairing first.
 
         The ``word_top_k`` blocks of most shared words per query block (a receipt's without pallets in
         stock) shortlist ``word_shortlist_size`` pallets; the words of each one's newest capture are paired
         with the query's. Each capture is added to ``capture_events`` (if the network's search had not
-        brought it), so that the rule's features loader finds it under the candidate's capture index.
+        brought it), so that the rule's features loader finds it under the candidate's capture index, and
+        the local features of the captures the rule will check (the first ``word_candidates_checked`` of
+        pallets outside ``network_checks``) are read into ``prefetched`` in one round trip.
         """
         geometry = self._config.geometry
         per_block = self._fingerprints.nearest_words_per_block(
@@ -417,7 +424,14 @@ class MatchingService:
             if capture.event_id not in events:
                 events.append(capture.event_id)
             ranked[pallet] = [(events.index(capture.event_id), capture.words)]
-        return rank_word_candidates(list(words.per_block), ranked)
+        candidates = rank_word_candidates(list(words.per_block), ranked)
+        fresh = [c for c in candidates if c.pallet not in network_checks][: geometry.word_candidates_checked]
+        prefetched.update(
+            self._fingerprints.captures_features(
+                [capture_events[c.pallet][c.capture] for c in fresh], model_id=model_id
+            )
+        )
+        return candidates
 
     def _with_checked_candidates(
         self,
@@ -482,6 +496,32 @@ class MatchingService:
         event = self._events.event(record.event_id)
         assert event is not None, "idempotency keys reference their event (foreign key)"
         return MatchResult.model_validate(event.result)
+
+
+class _OnFirstUse(Sequence[_Item]):
+    """A sequence computed when first read: ``decide_verified`` reads its word candidates only when the
+    network's candidates gave no clear match, so the word search runs only then."""
+
+    def __init__(self, compute: Callable[[], Sequence[_Item]]) -> None:
+        self._compute = compute
+        self._items: Sequence[_Item] | None = None
+
+    def _computed(self) -> Sequence[_Item]:
+        if self._items is None:
+            self._items = self._compute()
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> _Item: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[_Item]: ...
+
+    def __getitem__(self, index: int | slice) -> _Item | Sequence[_Item]:
+        return self._computed()[index]
+
+    def __len__(self) -> int:
+        return len(self._computed())
 
 
 def _captures_to_check(

@@ -4,7 +4,8 @@ Each stage is measured where it happens: ``decode`` (read and decode the uploade
 router), ``detect`` (the block detector on side views) and ``forward`` (the fingerprint network), both on
 the model's thread without the wait for it (``app.model_runner``),
 ``search`` (k-NN and the shortlisted pallets' captures) and ``verify`` (block pairing, stored local features,
-geometric check) in ``app.matching.service``, and ``commit`` (the unit of work's final flush and COMMIT, a
+geometric check, and the visual-word search when the network's candidates gave no clear match) in
+``app.matching.service``, and ``commit`` (the unit of work's final flush and COMMIT, a
 session event). Only requests that record an event are timed (:func:`app.request_context.note_recording`);
 each observation also lands in the request's own timings, which its log line shows. A stage costs two
 ``perf_counter`` calls and one locked histogram update (about a microsecond).

@@ -47,6 +47,11 @@ def _noise_block_features(seed: int, count: int) -> tuple[LocalFeatures, ...]:
     return tuple(extract(Image.open(io.BytesIO(blob))) for blob in noise_blocks(seed, count))
 
 
+def noise_block_features(seed: int, count: int = 6) -> list[LocalFeatures]:
+    """The real local features of ``noise_blocks(seed, count)``."""
+    return list(_noise_block_features(seed, count))
+
+
 def block_analysis(seed: int, count: int = 6, fingerprints: np.ndarray | None = None) -> BlockAnalysis:
     """What the model runner makes of ``noise_blocks(seed)``: ``unit_vectors(seed)`` as fingerprints (or
     the given ones) and the real local features of those images, so geometry agrees with the vectors."""

@@ -10,22 +10,23 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from alembic import command
 from api_testkit import (
     FreshDatabase,
-    _noise_block_features,
     block_analysis,
+    block_files,
+    noise_block_features,
     noise_blocks,
     unit_vectors,
 )
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, func, inspect, select, text, update
+from sqlalchemy import Connection, create_engine, event, func, inspect, select, text, update
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.orm import Session
-from test_images_reindex import post
 
 from app.cli import main
 from app.db.migrations import alembic_config, upgrade_to_head
@@ -69,9 +70,7 @@ Record = Callable[..., MatchResult]
 @pytest.fixture(scope="module")
 def vocabulary() -> VisualVocabulary:
     """128 words learned from the local features of noise images that no test records."""
-    training = [
-        features.descriptors for seed in range(100, 104) for features in _noise_block_features(seed, 6)
-    ]
+    training = [features.descriptors for seed in range(100, 104) for features in noise_block_features(seed)]
     return learn_vocabulary(training, VocabularyConfig(branches=8, leaves=16, iterations=5))
 
 
@@ -91,6 +90,13 @@ def record(session_factory: Callable[[], Session]) -> Record:
             )
 
     return run
+
+
+def post(client: TestClient, path: str, blobs: list[bytes]) -> dict[str, Any]:
+    response = client.post(path, files=block_files(blobs))
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def stored_words(session: Session, pallet_id: uuid.UUID) -> list[tuple[str | None, SparseWords | None]]:
@@ -209,6 +215,37 @@ def test_a_pallet_the_network_misses_is_matched_through_its_words(
     assert found[true_pallet.pallet_id].votes == 0, "the network voted for the lookalike"
     assert abs(found[true_pallet.pallet_id].score) < 0.2, "its fingerprints do not resemble the dispatch's"
     assert matched.votes == 0 and matched.score == found[true_pallet.pallet_id].score
+
+
+def test_the_word_search_runs_only_when_the_network_gives_no_clear_match(
+    record: Record, connection: Connection, vocabulary: VisualVocabulary
+) -> None:
+    statements: list[str] = []
+
+    def note_word_reads(*args: object) -> None:
+        sql = str(args[2])
+        if sql.lstrip().startswith("SELECT") and "visual_words" in sql:
+            statements.append(sql)
+
+    event.listen(connection, "before_cursor_execute", note_word_reads)
+    reach_three = replace(
+        NETWORK_REACH_ONE, shortlist_size=3, geometry=GeometryParameters(candidates_checked=3)
+    )
+    pallet = record(EventKind.RECEIPT, with_words(block_analysis(seed=17), vocabulary), reach_three)
+    for seed in (18, 19):
+        record(EventKind.RECEIPT, with_words(block_analysis(seed=seed), vocabulary), reach_three)
+    statements.clear()
+
+    clear = record(EventKind.DISPATCH, with_words(block_analysis(seed=17), vocabulary), reach_three)
+
+    assert clear.decision is MatchDecision.MATCHED and clear.pallet_id == pallet.pallet_id
+    assert statements == [], "the network's candidates sufficed"
+    statements.clear()
+
+    unknown = record(EventKind.DISPATCH, with_words(block_analysis(seed=20), vocabulary), reach_three)
+
+    assert unknown.decision is MatchDecision.REGISTERED
+    assert len(statements) == 2 and "LATERAL" in statements[0], "the word k-NN, then the pallets' words"
 
 
 def test_a_returning_pallet_is_received_through_its_words_but_not_while_in_stock(
