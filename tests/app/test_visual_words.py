@@ -356,6 +356,15 @@ def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_
             assert ready.json()["decision_parameters"]["geometry"]["word_candidates_checked"] == 5
             dispatch = post(served, "/v1/dispatches", noise_blocks(122, count=2))
             assert dispatch["decision"] == "matched"
+            engine = create_engine(url)
+            with engine.connect() as connection:
+                assert words_index_valid(connection, model_id, vocabulary_id), "built at start"
+                stored = stored_words(Session(bind=connection), uuid.UUID(dispatch["pallet_id"]))
+            with engine.begin() as connection:
+                connection.execute(text(f"DROP INDEX {words_index_name(model_id, vocabulary_id)}"))
+            not_ready = served.get("/readyz")
+            assert not_ready.status_code == 503
+            assert f"no valid HNSW index for the visual words {vocabulary_id}" in not_ready.json()["detail"]
         messages = [record.getMessage() for record in caplog.records]
         assert any(f"visual words {vocabulary_id}, block detector" in message for message in messages)
         assert any(
@@ -363,10 +372,6 @@ def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_
             for message in messages
         ), messages
 
-        engine = create_engine(url)
-        with engine.connect() as connection:
-            assert words_index_valid(connection, model_id, vocabulary_id), "built at start"
-            stored = stored_words(Session(bind=connection), uuid.UUID(dispatch["pallet_id"]))
         assert [v for v, _ in stored] == [None, None, vocabulary_id, vocabulary_id], "receipt, then dispatch"
         assert all(words is not None and len(words) for _, words in stored[2:])
 
@@ -376,12 +381,13 @@ def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_
         out = capsys.readouterr().out
         assert (
             f"visual words {vocabulary_id}: 4 fingerprints filled from their local features, "
-            "0 without local features (no words); their HNSW index in place"
+            "0 without local features (no words); their HNSW index built"
         ) in out
         with engine.connect() as connection:
             assert (
                 ReindexRepository(Session(bind=connection)).count_without_words(model_id, vocabulary_id) == 0
             )
+            assert words_index_valid(connection, model_id, vocabulary_id)
         engine.dispose()
 
         caplog.clear()
