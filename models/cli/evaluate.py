@@ -260,7 +260,7 @@ def run_reference(args: argparse.Namespace) -> int:
     import json
 
     from models.evaluation.reference import REFERENCE_FILE, evaluate_reference, format_reference
-    from models.runtime.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
+    from models.runtime.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_vocabulary
     from models.runtime.inference import Embedder
     from models.runtime.voting import GeometryParameters
 
@@ -276,6 +276,7 @@ def run_reference(args: argparse.Namespace) -> int:
             checkpoint=str(checkpoint),
             impostor_datasets=args.impostors,
             impostor_pallets=args.impostor_pallets,
+            vocabulary=load_vocabulary(checkpoint),
         )
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / REFERENCE_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -25,6 +25,7 @@ from models.evaluation.verified import distribution
 from models.runtime.images import IMAGE_SUFFIXES, load_image_file
 from models.runtime.inference import Embedder
 from models.runtime.local_features import count_inliers
+from models.runtime.visual_words import VisualVocabulary, word_similarities
 from models.runtime.voting import GeometryParameters, unit_rows
 from models.training.data import read_dataset
 
@@ -40,6 +41,8 @@ class ReferencePair:
     """From ``cam_N`` in the file names; ``None`` when a name carries no camera."""
     cosine: float
     inliers: int
+    words: float | None = None
+    """Visual-word cosine (``None``: the checkpoint has no vocabulary)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ImpostorFigures:
     blocks: int
     cosine: dict[str, float | int | None]
     inliers: dict[str, float | int | None]
+    words: dict[str, float | int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class ReferenceReport:
     checkpoint: str
     directory: str
     images: list[str]
+    vocabulary_id: str | None
     block_threshold: float | None
     """The network's block threshold (``None``: the checkpoint is not calibrated)."""
     geometry: dict[str, Any]
@@ -116,11 +121,14 @@ def evaluate_reference(
     checkpoint: str,
     impostor_datasets: Sequence[Path] = (),
     impostor_pallets: int = 100,
+    vocabulary: VisualVocabulary | None = None,
 ) -> ReferenceReport:
     images = reference_images(directory)
     store = FeatureStore(geometry.extractor)
     fingerprints = unit_rows(embedder.embed([load_image_file(path) for path in images]))
     features = store.get_all(images)
+    reference_words = [vocabulary.encode(f) for f in features] if vocabulary is not None else None
+    words = word_similarities(reference_words, reference_words) if reference_words is not None else None
     pairs = []
     for i, j in itertools.combinations(range(len(images)), 2):
         cameras = [_CAMERA.search(images[k].name) for k in (i, j)]
@@ -133,6 +141,7 @@ def evaluate_reference(
                 else None,
                 cosine=round(float(fingerprints[i] @ fingerprints[j]), 4),
                 inliers=count_inliers(features[i], features[j], geometry.matcher),
+                words=round(float(words[i, j]), 4) if words is not None else None,
             )
         )
     impostors = []
@@ -153,6 +162,11 @@ def evaluate_reference(
                 blocks=len(blocks),
                 cosine=cosine_summary(fingerprints @ block_fingerprints.T),
                 inliers=distribution(inliers),
+                words=cosine_summary(
+                    word_similarities(reference_words, [vocabulary.encode(f) for f in block_features])
+                )
+                if vocabulary is not None and reference_words is not None
+                else None,
             )
         )
     return ReferenceReport(
@@ -160,6 +174,7 @@ def evaluate_reference(
         checkpoint=checkpoint,
         directory=str(directory),
         images=[path.name for path in images],
+        vocabulary_id=vocabulary.vocabulary_id if vocabulary is not None else None,
         block_threshold=block_threshold,
         geometry=asdict(geometry),
         pairs=pairs,
@@ -173,15 +188,20 @@ def format_reference(report: ReferenceReport) -> str:
     lines = [
         f"reference captures in {report.directory} ({len(report.images)} images), model {report.model_id}",
         f"  block threshold {threshold}, block inliers >= {block_inliers}",
-        "  pair                                                         camera   cosine  inliers",
+        f"  visual words: {report.vocabulary_id or 'none'}",
+        "  pair                                                         camera   cosine  inliers   words",
     ]
     for pair in report.pairs:
         camera = {True: "same", False: "other", None: "?"}[pair.same_camera]
-        lines.append(f"  {pair.first} / {pair.second}  {camera:>6}  {pair.cosine:7.3f}  {pair.inliers:7d}")
+        words = "-" if pair.words is None else f"{pair.words:.3f}"
+        lines.append(
+            f"  {pair.first} / {pair.second}  {camera:>6}  {pair.cosine:7.3f}  {pair.inliers:7d}  {words:>6}"
+        )
     for impostor in report.impostors:
+        words = "" if impostor.words is None else f", words max {impostor.words['max']}"
         lines.append(
             f"  vs {impostor.blocks} blocks of {impostor.pallets} other pallets ({impostor.dataset}): "
             f"cosine max {impostor.cosine['max']}, inliers median {impostor.inliers['median']} "
-            f"p99.9 {impostor.inliers['p99_9']} max {impostor.inliers['max']}"
+            f"p99.9 {impostor.inliers['p99_9']} max {impostor.inliers['max']}{words}"
         )
     return "\n".join(lines)
