@@ -19,11 +19,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TypeVar, overload
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -69,8 +68,6 @@ from models.runtime.voting import (
     shortlist,
     unit_rows,
 )
-
-_Item = TypeVar("_Item")
 
 STATUS_AFTER: dict[EventKind, PalletStatus] = {
     EventKind.RECEIPT: PalletStatus.IN_STOCK,
@@ -347,14 +344,10 @@ class MatchingService:
             [event for events in network_checks.values() for event in events], model_id=model_id
         )
         words = blocks.words
-        word_candidates: Sequence[WordCandidate[uuid.UUID]] = (
-            _OnFirstUse(
-                lambda: self._word_candidates(
-                    kind, words, model_id, capture_events, network_checks, prefetched
-                )
-            )
-            if words is not None and geometry.word_candidates_checked > 0
-            else ()
+        word_candidates = (
+            (lambda: self._word_candidates(kind, words, model_id, capture_events, network_checks, prefetched))
+            if words is not None
+            else None
         )
 
         def load_features(pallet: uuid.UUID, capture: int) -> list[LocalFeatures | None]:
@@ -496,32 +489,6 @@ class MatchingService:
         event = self._events.event(record.event_id)
         assert event is not None, "idempotency keys reference their event (foreign key)"
         return MatchResult.model_validate(event.result)
-
-
-class _OnFirstUse(Sequence[_Item]):
-    """A sequence computed when first read: ``decide_verified`` reads its word candidates only when the
-    network's candidates gave no clear match, so the word search runs only then."""
-
-    def __init__(self, compute: Callable[[], Sequence[_Item]]) -> None:
-        self._compute = compute
-        self._items: Sequence[_Item] | None = None
-
-    def _computed(self) -> Sequence[_Item]:
-        if self._items is None:
-            self._items = self._compute()
-        return self._items
-
-    @overload
-    def __getitem__(self, index: int) -> _Item: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[_Item]: ...
-
-    def __getitem__(self, index: int | slice) -> _Item | Sequence[_Item]:
-        return self._computed()[index]
-
-    def __len__(self) -> int:
-        return len(self._computed())
 
 
 def _captures_to_check(

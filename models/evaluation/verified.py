@@ -174,9 +174,9 @@ def verify_queries(
             stored_features,
             thresholds,
             geometry,
-            word_candidates=words_search.candidates(query_features, geometry, rows_of)
+            word_candidates=(lambda: words_search.candidates(query_features, geometry, rows_of))
             if words_search is not None
-            else (),
+            else None,
         )
         return query_outcome(query, decision, shortlisted)
 

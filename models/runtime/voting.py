@@ -400,7 +400,7 @@ def decide_verified(
     geometry: GeometryParameters,
     preferred: Collection[PalletKey] = frozenset(),
     executor: Executor | None = None,
-    word_candidates: Sequence[WordCandidate[PalletKey]] = (),
+    word_candidates: Callable[[], Sequence[WordCandidate[PalletKey]]] | None = None,
 ) -> VerifiedDecision[PalletKey]:
     """The banded decision: network shortlist and pairing, then geometric verification of the best candidates.
 
@@ -410,8 +410,10 @@ def decide_verified(
     ``geometry.extractor``). Candidates are checked in order of pairing score: each one's best captures
     (by pairing score) have their network-paired blocks matched, and the capture with the most inliers is
     the candidate's evidence. ``executor`` runs the block matches of a capture in parallel (OpenCV
-    releases the GIL). ``word_candidates`` (:func:`rank_word_candidates`, strongest first) are checked next,
-    up to ``geometry.word_candidates_checked`` pallets not checked yet, while no candidate is clearly matched.
+    releases the GIL). ``word_candidates`` gives the visual-word candidates (:func:`rank_word_candidates`,
+    strongest first); it is called only when the network's candidates leave no clear match (the word search
+    costs a query that the network's candidates settle nothing), and up to
+    ``geometry.word_candidates_checked`` of its pallets not checked yet are checked next.
     """
     query_rows = unit_rows(query_fingerprints)
     if len(query_features) != len(query_rows):
@@ -436,9 +438,11 @@ def decide_verified(
         checked.sort(key=_evidence_order)
         if len(checked) >= 2 and _clear_match(checked, geometry):
             break
-    if not (len(checked) >= 2 and _clear_match(checked, geometry)):
+    wanted = geometry.word_candidates_checked > 0 and word_candidates is not None
+    if wanted and not (len(checked) >= 2 and _clear_match(checked, geometry)):
+        assert word_candidates is not None
         seen = {evidence.pallet for evidence in checked}
-        fresh = [candidate for candidate in word_candidates if candidate.pallet not in seen]
+        fresh = [candidate for candidate in word_candidates() if candidate.pallet not in seen]
         for candidate in fresh[: geometry.word_candidates_checked]:
             checked.append(
                 _capture_evidence(

@@ -315,7 +315,7 @@ def _word_decision(
         gallery.load,
         _THRESHOLDS,
         geometry,
-        word_candidates=words,
+        word_candidates=lambda: words,
     )
 
 
