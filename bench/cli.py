@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Measure on this machine: (1) block images/s through the service's embedding path vs the bare "
             "network forward; (1b) the geometric stage: ORB extraction per block, matching per block pair "
             "and the whole stage per dispatch; (2) end-to-end HTTP dispatch latency and throughput against "
-            "seeded galleries; "
+            "seeded galleries (visual words stored and searched as the service does, unless --no-words); "
             "(3) HNSW recall@k and cost vs exact search, vector vs halfvec, ef_search/m, FAISS; (4) growth "
             "of latency, memory and disk, extrapolated to 1M and 10M pallets. Uses a throw-away database on "
             "DATABASE_URL's server when set, otherwise an embedded PostgreSQL. Prints one JSON document; "
@@ -92,6 +92,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="worker processes of the served API in the latency section (default: 1; each gets cores/N "
         "torch threads unless --threads is given)",
     )
+    parser.add_argument(
+        "--no-words",
+        action="store_true",
+        help="run without the visual-word stage: the gallery stores no words and the served model has no "
+        "vocabulary (default: words when the checkpoint carries a vocabulary)",
+    )
+    parser.add_argument(
+        "--unknown-pallets",
+        type=int,
+        help="rendered pallets never enrolled, dispatched in the identify breakdown (default: 16)",
+    )
     parser.add_argument("--output", type=Path, help="also write the JSON result to this file")
     parser.set_defaults(handler=bench)
 
@@ -121,6 +132,8 @@ def bench(args: argparse.Namespace) -> int:
             plots_dir=args.plots,
             threads=args.threads,
             api_processes=args.api_processes,
+            words=False if args.no_words else None,
+            unknown_pallets=args.unknown_pallets,
         )
     except ValueError as error:
         logger.error("%s", error)

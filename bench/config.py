@@ -34,6 +34,11 @@ class BenchConfig:
     """Minimum timed seconds per extraction and matching measurement (``bench/verification.py``)."""
     real_pallets: int = 48
     """Synthetic pallets rendered and embedded: camera 1 enrols them, camera 2 queries them."""
+    unknown_pallets: int = 16
+    """More rendered pallets that are never enrolled: the identify breakdown's unknown dispatches."""
+    words: bool = True
+    """Store, index and search visual words as the service does when the checkpoint carries a vocabulary;
+    ``False`` measures the service without the word stage (the served checkpoint copy has no vocabulary)."""
     search_queries: int = 200
     """Query blocks for recall and search time (real query blocks first, then perturbed fingerprints)."""
     exact_queries: int = 5
@@ -77,6 +82,8 @@ class BenchConfig:
                 raise ValueError(f"{name} must be a non-empty list of positive integers")
         if self.requests < 1 or self.real_pallets < 1 or self.search_queries < 1 or self.variant_gallery < 1:
             raise ValueError("requests, real pallets, search queries and variant gallery must be positive")
+        if self.unknown_pallets < 1:
+            raise ValueError("unknown pallets must be at least 1")
         if min(self.galleries) < self.real_pallets:
             raise ValueError(f"every gallery must hold at least the {self.real_pallets} real pallets")
         if self.api_processes < 1:
@@ -99,6 +106,7 @@ QUICK = BenchConfig(
     embedding_variants=("fp32", "channels_last", "bf16"),
     verification_seconds=0.2,
     real_pallets=3,
+    unknown_pallets=2,
     search_queries=12,
     exact_queries=2,
     ef_search_values=(10, 40),

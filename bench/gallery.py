@@ -8,10 +8,17 @@ does.
 Mixing parts of different bases gives far more distinct fingerprints than bases while keeping the similarity
 statistics of real parts (the expected cosine of a perturbed part to its base is ``1/sqrt(1 + noise**2)``).
 
+Visual words, when the checkpoint carries a vocabulary, are stored as the service stores them (migration
+0007): the real pallets' words are the vocabulary's encoding of their stored local features (what
+``ModelRunner.analyse`` computes); a synthetic pallet has no images, so each of its blocks gets plausible
+words mixed from the real blocks' (:func:`perturbed_words`), and the word index has as many rows as the
+service's would.
+
 Each seeded pallet gets a ``registered`` receipt event and six fingerprints, like a real receipt. The HNSW
-index is dropped before loading and rebuilt afterwards (far faster than maintaining it row by row), and the
-rows that benchmark dispatches add are deleted before the gallery grows again, so every measurement sees only
-the seeded gallery (whose float16 copy here is the ground truth of exact search).
+indexes (fingerprints, and visual words) are dropped before loading and rebuilt afterwards (far faster than
+maintaining them row by row), and the rows that benchmark dispatches add are deleted before the gallery grows
+again, so every measurement sees only the seeded gallery (whose float16 copy here is the ground truth of
+exact search).
 
 Seeding writes the service's tables with COPY rather than through its repositories, which insert row by row
 and would take hours for the largest galleries; the index definition comes from the service's repository
@@ -32,15 +39,23 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from pgvector import HalfVector
+from pgvector import HalfVector, SparseVector
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from app.db.tables import EventKind, MatchDecision, PalletStatus
-from app.matching.repository import HNSW_M, hnsw_index_ddl, hnsw_index_name
+from app.matching.repository import (
+    HNSW_M,
+    as_sparsevec,
+    hnsw_index_ddl,
+    hnsw_index_name,
+    words_index_ddl,
+    words_index_name,
+)
 from models.runtime.local_features import LocalFeatures
+from models.runtime.visual_words import SparseWords, VisualVocabulary
 from models.synth import BLOCKS_PER_PALLET
 
 logger = logging.getLogger(__name__)
@@ -67,6 +82,46 @@ def perturbed_fingerprints(
     return (parts.reshape(count, dim) / math.sqrt(num_parts)).astype(np.float32)
 
 
+WORDS_KEPT = 0.5
+"""Share of a real block's words a synthetic block keeps (the rest are drawn from all real blocks' words)."""
+
+
+def perturbed_words(
+    pool: Sequence[SparseWords], count: int, *, rng: np.random.Generator, kept: float = WORDS_KEPT
+) -> list[SparseWords]:
+    """``count`` unit word vectors, each a real block's (from ``pool``) with about ``1 - kept`` of its words
+    replaced by words drawn from every real block's words (so common words stay common), their weights kept.
+
+    They keep the real blocks' number of words, weights and word frequencies, and any two share words about
+    as often as blocks of different real pallets do, except with the block they were mixed from (as a
+    synthetic fingerprint stays near its base).
+    """
+    blocks = [block for block in pool if len(block)]
+    if not blocks:
+        raise ValueError("no real block with words to mix synthetic words from")
+    dimensions = blocks[0].dimensions
+    occurrences = np.concatenate([block.indices for block in blocks])
+    chosen = rng.integers(0, len(blocks), size=count)
+    mixed = []
+    for index in chosen:
+        base = blocks[index]
+        replaced = rng.random(len(base)) >= kept
+        indices = base.indices.copy()
+        indices[replaced] = rng.choice(occurrences, size=int(replaced.sum()))
+        # a drawn word that the block already has adds its weight to that word's
+        unique, inverse = np.unique(indices, return_inverse=True)
+        values = np.zeros(len(unique), np.float64)
+        np.add.at(values, inverse, base.values)
+        mixed.append(
+            SparseWords(
+                indices=unique.astype(np.int32),
+                values=(values / np.linalg.norm(values)).astype(np.float32),
+                dimensions=dimensions,
+            )
+        )
+    return mixed
+
+
 @dataclass(frozen=True)
 class GalleryStats:
     pallets: int
@@ -77,6 +132,11 @@ class GalleryStats:
     hnsw_index_bytes: int
     fingerprints_total_bytes: int
     database_bytes: int
+    words_index_build_s: float | None = None
+    """Build time of the visual words' HNSW index (``None``: the gallery has no words)."""
+    words_index_bytes: int | None = None
+    words_bytes: int | None = None
+    """Stored size of the ``visual_words`` column (TOAST included)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +155,7 @@ class Gallery:
         real_features: Sequence[Sequence[LocalFeatures]],
         noise: float,
         seed: int,
+        vocabulary: VisualVocabulary | None = None,
     ) -> None:
         if real_fingerprints.ndim != 3 or real_fingerprints.shape[1] != BLOCKS_PER_PALLET:
             raise ValueError("real fingerprints must be (pallets, 6, dims)")
@@ -109,7 +170,19 @@ class Gallery:
         self._real = real_fingerprints
         self._real_features = [[features.to_bytes() for features in blocks] for blocks in real_features]
         """Stored local features of the real pallets; synthetic pallets have none (they have no images)."""
+        self.vocabulary = vocabulary
+        """Words are stored (and indexed) only with a vocabulary, as the service does."""
+        self._real_words = (
+            [[vocabulary.encode(features) for features in blocks] for blocks in real_features]
+            if vocabulary is not None
+            else []
+        )
+        self.words_index_name = (
+            words_index_name(model_id, vocabulary.vocabulary_id) if vocabulary is not None else None
+        )
         self._rng = np.random.default_rng(seed)
+        self._words_rng = np.random.default_rng([seed, 1])
+        """Its own stream: a gallery with words has the same fingerprints and pallets as one without."""
         self.vectors = np.empty((0, self.dim), dtype=np.float16)
         """Every seeded fingerprint, as stored (halfvec); row ``i`` has database id ``i + 1``."""
         self.pallet_ids: list[uuid.UUID] = []
@@ -135,6 +208,8 @@ class Gallery:
             raise ValueError(f"cannot grow a gallery of {self.pallets} pallets to {pallets}")
         with self.connect(autocommit=True) as connection:
             connection.execute(f"DROP INDEX IF EXISTS {self.index_name}")
+            if self.words_index_name is not None:
+                connection.execute(f"DROP INDEX IF EXISTS {self.words_index_name}")
             self._forget_requests(connection)
         started = time.perf_counter()
         with self.connect() as connection:
@@ -158,14 +233,17 @@ class Gallery:
             connection.commit()
         copy_s = time.perf_counter() - started
         index_build_s = self.build_index()
+        words_index_build_s = self.build_words_index()
         with self.connect(autocommit=True) as connection:
             connection.execute("VACUUM ANALYZE pallets, events, fingerprints")
             sizes = connection.execute(
                 "SELECT pg_relation_size('fingerprints'), pg_relation_size(%s), "
-                "pg_total_relation_size('fingerprints'), pg_database_size(current_database())",
-                (self.index_name,),
+                "pg_total_relation_size('fingerprints'), pg_database_size(current_database()), "
+                "pg_relation_size(%s), (SELECT sum(pg_column_size(visual_words)) FROM fingerprints)",
+                (self.index_name, self.words_index_name or self.index_name),
             ).fetchone()
         assert sizes is not None
+        with_words = self.words_index_name is not None
         stats = GalleryStats(
             pallets=self.pallets,
             fingerprints=len(self.vectors),
@@ -175,6 +253,9 @@ class Gallery:
             hnsw_index_bytes=sizes[1],
             fingerprints_total_bytes=sizes[2],
             database_bytes=sizes[3],
+            words_index_build_s=round(words_index_build_s, 2) if words_index_build_s is not None else None,
+            words_index_bytes=sizes[4] if with_words else None,
+            words_bytes=int(sizes[5] or 0) if with_words else None,
         )
         logger.info("gallery: %s", stats)
         return stats
@@ -188,6 +269,22 @@ class Gallery:
             logger.info("building the HNSW index over %d fingerprints", rows)
             started = time.perf_counter()
             connection.execute(hnsw_index_ddl(self.model_id, self.dim))
+            return time.perf_counter() - started
+
+    def build_words_index(self) -> float | None:
+        """(Re)create the service's index of the visual words; seconds taken (``None`` without words)."""
+        if self.vocabulary is None:
+            return None
+        rows = len(self.vectors)
+        # a graph node holds its sparse vector (about 500 words of 8 bytes) and 2 m neighbours
+        memory_mb = max(64, math.ceil(rows * 2 * (500 * 8 + HNSW_M * 2 * 8) / 2**20))
+        with self.connect(autocommit=True) as connection:
+            connection.execute(f"SET maintenance_work_mem = '{memory_mb}MB'")
+            logger.info("building the visual-word HNSW index over %d blocks", rows)
+            started = time.perf_counter()
+            connection.execute(
+                words_index_ddl(self.model_id, self.vocabulary.vocabulary_id, self.vocabulary.size)
+            )
             return time.perf_counter() - started
 
     def _forget_requests(self, connection: psycopg.Connection[Any]) -> None:
@@ -215,6 +312,7 @@ class Gallery:
             rng=self._rng,
         )
         vectors = np.concatenate([from_real, synthetic]).astype(np.float16)
+        words = self._chunk_words(count, len(from_real) // BLOCKS_PER_PALLET)
         pallet_ids = [uuid.UUID(bytes=self._rng.bytes(16), version=4) for _ in range(count)]
         first_event = self.pallets + 1
         now = datetime.now(UTC)
@@ -247,10 +345,13 @@ class Gallery:
                         )
                     )
             with cursor.copy(
-                "COPY fingerprints (id, pallet_id, event_id, model_id, position, embedding, local_features) "
-                "FROM STDIN (FORMAT BINARY)"
+                "COPY fingerprints (id, pallet_id, event_id, model_id, position, embedding, local_features, "
+                "visual_words, vocabulary_id) FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(["int8", "uuid", "int8", "varchar", "int2", "halfvec", "bytea"])
+                copy.set_types(
+                    ["int8", "uuid", "int8", "varchar", "int2", "halfvec", "bytea", "sparsevec", "varchar"]
+                )
+                vocabulary_id = self.vocabulary.vocabulary_id if self.vocabulary is not None else None
                 for row, vector in enumerate(vectors):
                     pallet = row // BLOCKS_PER_PALLET
                     seeded = self.pallets + pallet
@@ -265,6 +366,21 @@ class Gallery:
                             self._real_features[seeded][row % BLOCKS_PER_PALLET]
                             if seeded < len(self._real_features)
                             else None,
+                            words[row] if words is not None else None,
+                            vocabulary_id,
                         )
                     )
         return vectors, pallet_ids
+
+    def _chunk_words(self, count: int, real: int) -> list[SparseVector] | None:
+        """The words of the next ``count`` pallets' blocks, of which the first ``real`` are real pallets."""
+        if self.vocabulary is None:
+            return None
+        first = self.pallets
+        real_blocks = [block for blocks in self._real_words[first : first + real] for block in blocks]
+        synthetic = perturbed_words(
+            [block for blocks in self._real_words for block in blocks],
+            (count - real) * BLOCKS_PER_PALLET,
+            rng=self._words_rng,
+        )
+        return [as_sparsevec(block) for block in (*real_blocks, *synthetic)]

@@ -62,6 +62,9 @@ def run_growth(per_gallery: Sequence[dict[str, Any]], *, extrapolate_to: Sequenc
                 "index_build_s",
             )
         }
+        for key in ("words_index_bytes", "words_index_build_s"):
+            if row["gallery"].get(key) is not None:
+                entry[key] = row["gallery"][key]
         if "latency" in row:
             single = next((run for run in row["latency"]["runs"] if run["concurrency"] == 1), None)
             entry["http_p50_ms_concurrency_1"] = single["p50_ms"] if single else None

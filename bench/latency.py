@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,14 @@ from app.db.session import build_engine, build_session_factory
 from app.db.tables import EventKind
 from app.matching.repository import FingerprintRepository, StoredNeighbour
 from app.matching.service import MatchingConfig, MatchingService
-from app.model_runner import BlockAnalysis
+from app.model_runner import BlockAnalysis, BlockWords
 from app.settings import Settings
 from bench.timing import latency_summary
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
 from models.runtime.local_features import LocalFeatures
+from models.runtime.visual_words import VisualVocabulary
+from models.runtime.voting import Neighbour, shortlist
 
 logger = logging.getLogger(__name__)
 
@@ -330,25 +332,43 @@ def identify_breakdown(
     database_url: str,
     embedder: Embedder,
     payloads: Sequence[Sequence[bytes]],
-    queries: Sequence[BlockAnalysis],
+    queries: Mapping[str, Sequence[BlockAnalysis]],
     settings: Settings,
     config: MatchingConfig,
     *,
     repeats: int,
+    vocabulary: VisualVocabulary | None = None,
+    expected: Sequence[uuid.UUID] = (),
 ) -> dict[str, Any]:
-    """Per-dispatch time of the database identification vs the model on the same six images."""
+    """Per-dispatch time of the database identification vs the model on the same six images.
+
+    ``queries["known"]`` are dispatches of gallery pallets (query ``i`` shows ``expected[i]``),
+    ``queries["unknown"]`` (optional) of pallets never enrolled, the word stage's worst case: the network's
+    candidates settle nothing, so the word search runs and more candidates are checked. With a
+    ``vocabulary`` (the queries carry its ``words``), each query is identified with and without them, back
+    to back (alternating which goes first), so the word stage's cost is a ratio within one run; the words'
+    encoding (which the service runs on its feature pool next to extraction) and the word search's own
+    statements are timed too.
+    ``identify_db`` is the known dispatches as the service runs them (with words when it has them).
+    """
+    with_words = vocabulary is not None
+    modes = ("words", "no_words") if with_words else ("no_words",)
     engine = build_engine(database_url, pool_size=1)
-    db_seconds = []
+    seconds: dict[str, dict[str, list[float]]] = {kind: {mode: [] for mode in modes} for kind in queries}
     try:
         factory = build_session_factory(engine)
-        for index in range(repeats):
-            with factory() as session:
-                started = time.perf_counter()
-                MatchingService(session, config).identify(
-                    EventKind.DISPATCH, queries[index % len(queries)], model_id=embedder.model_id
-                )
-                db_seconds.append(time.perf_counter() - started)
-                session.rollback()
+        for kind, analyses in queries.items():
+            for index in range(repeats):
+                query = analyses[index % len(analyses)]
+                variants = {"words": query, "no_words": replace(query, words=None)}
+                for mode in modes if index % 2 == 0 else modes[::-1]:
+                    with factory() as session:
+                        started = time.perf_counter()
+                        MatchingService(session, config).identify(
+                            EventKind.DISPATCH, variants[mode], model_id=embedder.model_id
+                        )
+                        seconds[kind][mode].append(time.perf_counter() - started)
+                        session.rollback()
     finally:
         engine.dispose()
     embed_seconds = []
@@ -358,18 +378,144 @@ def identify_breakdown(
         images = [decode_image(blob, max_pixels=settings.max_image_pixels, name="bench") for blob in blobs]
         embedder.embed(images, batch_size=settings.embed_batch_size)
         embed_seconds.append(time.perf_counter() - started)
-    db = latency_summary(db_seconds)
     embed = latency_summary(embed_seconds)
-    return {
+    by_kind: dict[str, Any] = {}
+    for kind, timings in seconds.items():
+        figures: dict[str, Any] = {mode: latency_summary(values) for mode, values in timings.items()}
+        if with_words:
+            words_p50, no_words_p50 = figures["words"]["p50_ms"], figures["no_words"]["p50_ms"]
+            figures["words_vs_no_words_p50"] = _ratio(words_p50, no_words_p50)
+        figures["db_vs_forward_p50"] = _ratio(figures[modes[0]]["p50_ms"], embed["p50_ms"])
+        by_kind[kind] = figures
+    db = by_kind["known"][modes[0]]
+    result: dict[str, Any] = {
         "top_k": config.top_k,
         "ef_search": config.ef_search,
         "identify_db": db,
+        "identify_db_by_kind": by_kind,
         "embed_six_blocks": embed,
         "bound_by": "network" if embed["p50_ms"] >= db["p50_ms"] else "database",
         "round_trips": round_trip_comparison(
-            database_url, queries, model_id=embedder.model_id, config=config, repeats=repeats
+            database_url, queries["known"], model_id=embedder.model_id, config=config, repeats=repeats
         ),
     }
+    if vocabulary is not None:
+        result["words"] = word_stage(
+            database_url,
+            vocabulary,
+            queries,
+            expected,
+            model_id=embedder.model_id,
+            config=config,
+            repeats=repeats,
+        )
+    return result
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 2) if denominator else None
+
+
+WORD_EF_SEARCH_VALUES: tuple[int, ...] = (20, 40, 80)
+"""``hnsw.ef_search`` values tried for the word k-NN besides the service's (below ``word_top_k`` a block
+gets fewer than ``word_top_k`` neighbours)."""
+
+
+def word_stage(
+    database_url: str,
+    vocabulary: VisualVocabulary,
+    queries: Mapping[str, Sequence[BlockAnalysis]],
+    expected: Sequence[uuid.UUID],
+    *,
+    model_id: str,
+    config: MatchingConfig,
+    repeats: int,
+) -> dict[str, Any]:
+    """The visual-word stage's parts: encoding six blocks' words, the word k-NN statement and the read of
+    the shortlisted pallets' words, per dispatch kind; and, per ``hnsw.ef_search``, the k-NN's time and how
+    often the true pallet of a known dispatch is among its word shortlist (what the stage exists to find).
+    """
+    geometry = config.geometry
+    encode_seconds: list[float] = []
+    for index in range(repeats):
+        features = queries["known"][index % len(queries["known"])].features
+        started = time.perf_counter()
+        BlockWords.encode(vocabulary, features)
+        encode_seconds.append(time.perf_counter() - started)
+    engine = build_engine(database_url, pool_size=1)
+    timings: dict[str, dict[str, list[float]]] = {kind: {"knn": [], "latest_words": []} for kind in queries}
+    ef_values = sorted({*WORD_EF_SEARCH_VALUES, config.ef_search})
+    sweep: dict[int, dict[str, list[float]]] = {ef: {"knn": [], "found": []} for ef in ef_values}
+    try:
+        with build_session_factory(engine)() as session:
+            repository = FingerprintRepository(session)
+            for kind, analyses in queries.items():
+                repository.configure_search(ef_search=config.ef_search)
+                for index in range(repeats):
+                    words = analyses[index % len(analyses)].words
+                    assert words is not None
+                    started = time.perf_counter()
+                    per_block = repository.nearest_words_per_block(
+                        words.per_block,
+                        model_id=model_id,
+                        vocabulary_id=words.vocabulary_id,
+                        limit=geometry.word_top_k,
+                    )
+                    searched = time.perf_counter()
+                    repository.latest_words(
+                        _word_shortlist(per_block, geometry.word_shortlist_size),
+                        model_id=model_id,
+                        vocabulary_id=words.vocabulary_id,
+                    )
+                    timings[kind]["knn"].append(searched - started)
+                    timings[kind]["latest_words"].append(time.perf_counter() - searched)
+            known = queries["known"]
+            for ef in ef_values:
+                repository.configure_search(ef_search=ef)
+                for index in range(max(repeats, len(known))):
+                    words = known[index % len(known)].words
+                    assert words is not None
+                    started = time.perf_counter()
+                    per_block = repository.nearest_words_per_block(
+                        words.per_block,
+                        model_id=model_id,
+                        vocabulary_id=words.vocabulary_id,
+                        limit=geometry.word_top_k,
+                    )
+                    sweep[ef]["knn"].append(time.perf_counter() - started)
+                    if expected and index < len(known):
+                        shortlisted = _word_shortlist(per_block, geometry.word_shortlist_size)
+                        sweep[ef]["found"].append(float(expected[index] in shortlisted))
+            session.rollback()
+    finally:
+        engine.dispose()
+    return {
+        "word_top_k": geometry.word_top_k,
+        "word_shortlist_size": geometry.word_shortlist_size,
+        "word_candidates_checked": geometry.word_candidates_checked,
+        "encode_six_blocks": latency_summary(encode_seconds),
+        "by_kind": {
+            kind: {part: latency_summary(values) for part, values in parts.items()}
+            for kind, parts in timings.items()
+        },
+        "ef_sweep": [
+            {
+                "ef_search": ef,
+                "knn": latency_summary(figures["knn"]),
+                "true_pallet_shortlisted": (
+                    round(float(np.mean(figures["found"])), 3) if figures["found"] else None
+                ),
+            }
+            for ef, figures in sweep.items()
+        ],
+    }
+
+
+def _word_shortlist(per_block: Sequence[Sequence[StoredNeighbour]], size: int) -> list[uuid.UUID]:
+    """The pallets the service shortlists from the word k-NN (``voting.shortlist`` of its neighbours)."""
+    return shortlist(
+        [[Neighbour(pallet=n.pallet_id, similarity=n.similarity) for n in block] for block in per_block], size
+    )
 
 
 def round_trip_comparison(

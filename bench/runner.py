@@ -9,12 +9,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from sqlalchemy import create_engine, text
 
 from app.db.embedded import embedded_postgres, server_settings
@@ -23,7 +24,7 @@ from app.db.session import throwaway_database
 from app.matching.parameters import decision_parameters_in_force
 from app.matching.repository import HNSW_M
 from app.matching.service import MatchingConfig
-from app.model_runner import BlockAnalysis
+from app.model_runner import BlockAnalysis, BlockWords
 from app.settings import Settings
 from bench.captures import PalletImages, render_pallets
 from bench.config import EXTRAPOLATION_PALLETS, BenchConfig
@@ -33,11 +34,12 @@ from bench.growth import run_growth
 from bench.latency import http_dispatch_load, identify_breakdown, latency_targets, running_server
 from bench.search import RECALL_TARGET, index_variants, run_search
 from bench.verification import run_verification
-from models.runtime.checkpoint import DEFAULT_CHECKPOINT
+from models.runtime.checkpoint import DEFAULT_CHECKPOINT, VOCABULARY_PREFIX, load_vocabulary, read_metadata
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
 from models.runtime.thresholds import DecisionParameters
+from models.runtime.visual_words import VisualVocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,35 @@ def _block_features(
     ]
 
 
+def _analyses(
+    fingerprints: np.ndarray, features: list[list[LocalFeatures]], vocabulary: VisualVocabulary | None
+) -> list[BlockAnalysis]:
+    """Each pallet's six blocks as ``ModelRunner.analyse`` hands them to the service (words with a
+    vocabulary)."""
+    return [
+        BlockAnalysis(
+            fingerprints=vectors,
+            features=blocks,
+            words=BlockWords.encode(vocabulary, blocks) if vocabulary is not None else None,
+        )
+        for vectors, blocks in zip(fingerprints, features, strict=True)
+    ]
+
+
+def checkpoint_without_vocabulary(checkpoint: Path, directory: Path) -> Path:
+    """A copy of ``checkpoint`` in ``directory`` without its visual-word vocabulary (same weights, model id
+    and decision parameters): the service serving it runs no word stage."""
+    metadata = read_metadata(checkpoint)
+    state = {
+        key: value
+        for key, value in load_file(str(checkpoint)).items()
+        if not key.startswith(VOCABULARY_PREFIX)
+    }
+    path = directory / checkpoint.name
+    save_file(state, str(path), metadata=replace(metadata, vocabulary_id="").to_header())
+    return path
+
+
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     """Every requested section; the returned dict is the JSON that ``palletreid bench`` prints."""
     settings = Settings()
@@ -128,6 +159,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     embedder = Embedder.load(checkpoint, num_threads=config.threads, precision=settings.model_precision)
     # What the service would decide with for this checkpoint (refuses an uncalibrated one without thresholds).
     decision = decision_parameters_in_force(settings, embedder.metadata, checkpoint)
+    vocabulary = load_vocabulary(checkpoint) if config.words else None
     config_dict = {
         key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(config).items()
     }
@@ -138,6 +170,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             "checkpoint": str(checkpoint),
             "model_id": embedder.model_id,
             "image_size": list(embedder.image_size),
+            "vocabulary_id": vocabulary.vocabulary_id if vocabulary is not None else None,
         },
         "service_settings": {
             "embed_batch_size": settings.embed_batch_size,
@@ -154,7 +187,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         "targets": {},
         "durations_s": {},
     }
-    pallets = render_pallets(config.real_pallets, seed=config.seed)
+    pallets = render_pallets(config.real_pallets + config.unknown_pallets, seed=config.seed)
 
     if "embedding" in config.sections:
         section_started = time.perf_counter()
@@ -166,14 +199,33 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     if "verification" in config.sections:
         section_started = time.perf_counter()
         result["verification"] = run_verification(
-            embedder, pallets, decision.parameters, settings, min_seconds=config.verification_seconds
+            embedder,
+            pallets,
+            decision.parameters,
+            settings,
+            min_seconds=config.verification_seconds,
+            vocabulary=vocabulary,
         )
         result["durations_s"]["verification"] = round(time.perf_counter() - section_started, 1)
 
     if config.needs_database:
-        with scratch_database(settings.database_url, config.data_dir) as database_url:
+        with ExitStack() as stack:
+            database_url = stack.enter_context(scratch_database(settings.database_url, config.data_dir))
+            served = checkpoint
+            if vocabulary is None and read_metadata(checkpoint).vocabulary_id:
+                directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="palletreid-bench-")))
+                served = checkpoint_without_vocabulary(checkpoint, directory)
             _run_database_sections(
-                config, settings, decision.parameters, embedder, checkpoint, pallets, database_url, result
+                config,
+                settings,
+                decision.parameters,
+                embedder,
+                vocabulary,
+                served,
+                pallets[: config.real_pallets],
+                pallets[config.real_pallets :],
+                database_url,
+                result,
             )
     result["durations_s"]["total"] = round(time.perf_counter() - started, 1)
     return result
@@ -184,11 +236,15 @@ def _run_database_sections(
     settings: Settings,
     decision: DecisionParameters,
     embedder: Embedder,
+    vocabulary: VisualVocabulary | None,
     checkpoint: Path,
     pallets: list[PalletImages],
+    unknown_pallets: list[PalletImages],
     database_url: str,
     result: dict[str, Any],
 ) -> None:
+    """Gallery, search and latency sections; ``checkpoint`` is what the served API loads, ``pallets`` are
+    enrolled and dispatched, ``unknown_pallets`` only dispatched in the identify breakdown."""
     upgrade_to_head(database_url)
     result["database"] = database_info(database_url)
     enrol = _embed_blocks(embedder, pallets, "enrol", settings)
@@ -201,7 +257,17 @@ def _run_database_sections(
         real_features=_block_features(pallets, "enrol", settings, decision.geometry.extractor),
         noise=config.noise,
         seed=config.seed,
+        vocabulary=vocabulary,
     )
+    extractor = decision.geometry.extractor
+    identify_queries = {
+        "known": _analyses(query, _block_features(pallets, "query", settings, extractor), vocabulary),
+        "unknown": _analyses(
+            _embed_blocks(embedder, unknown_pallets, "query", settings),
+            _block_features(unknown_pallets, "query", settings, extractor),
+            vocabulary,
+        ),
+    }
     real_queries = query.reshape(-1, embedder.embedding_dim)[: config.search_queries]
     extra = perturbed_fingerprints(
         gallery.bases,
@@ -275,20 +341,16 @@ def _run_database_sections(
                     database_url,
                     embedder,
                     payloads,
-                    [
-                        BlockAnalysis(fingerprints=fingerprints, features=features)
-                        for fingerprints, features in zip(
-                            query,
-                            _block_features(pallets, "query", settings, decision.geometry.extractor),
-                            strict=True,
-                        )
-                    ],
+                    identify_queries,
                     settings,
                     MatchingConfig.from_settings(settings, decision),
                     repeats=max(config.requests // 2, 3),
+                    vocabulary=vocabulary,
+                    expected=gallery.real_pallet_ids(),
                 )
                 row["latency"] = {
                     "pallets": size,
+                    "gallery": row["gallery"],
                     "api_processes": config.api_processes,
                     "runs": runs,
                     "breakdown": breakdown,
