@@ -449,18 +449,22 @@ def word_stage(
     try:
         with build_session_factory(engine)() as session:
             repository = FingerprintRepository(session)
+
+            def search_words(words: BlockWords) -> list[list[StoredNeighbour]]:
+                return repository.nearest_words_per_block(
+                    words.per_block,
+                    model_id=model_id,
+                    vocabulary_id=words.vocabulary_id,
+                    limit=geometry.word_top_k,
+                )
+
             for kind, analyses in queries.items():
                 repository.configure_search(ef_search=config.ef_search)
                 for index in range(repeats):
                     words = analyses[index % len(analyses)].words
                     assert words is not None
                     started = time.perf_counter()
-                    per_block = repository.nearest_words_per_block(
-                        words.per_block,
-                        model_id=model_id,
-                        vocabulary_id=words.vocabulary_id,
-                        limit=geometry.word_top_k,
-                    )
+                    per_block = search_words(words)
                     searched = time.perf_counter()
                     repository.latest_words(
                         _word_shortlist(per_block, geometry.word_shortlist_size),
@@ -476,12 +480,7 @@ def word_stage(
                     words = known[index % len(known)].words
                     assert words is not None
                     started = time.perf_counter()
-                    per_block = repository.nearest_words_per_block(
-                        words.per_block,
-                        model_id=model_id,
-                        vocabulary_id=words.vocabulary_id,
-                        limit=geometry.word_top_k,
-                    )
+                    per_block = search_words(words)
                     sweep[ef]["knn"].append(time.perf_counter() - started)
                     if expected and index < len(known):
                         shortlisted = _word_shortlist(per_block, geometry.word_shortlist_size)

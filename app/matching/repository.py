@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from app.db.tables import Fingerprint, Pallet
 from models.runtime.local_features import LocalFeatures
@@ -429,9 +430,17 @@ def nearest_per_block_query(
         .render_derived(name="query_blocks")
     )
     distance = _embedding_as(dim).cosine_distance(blocks.c.embedding)
+    return _nearest_per_query_block(blocks, distance, _of_model(model_id), limit)
+
+
+def _nearest_per_query_block(
+    blocks: TableValuedAlias, distance: ColumnElement[float], rows: ColumnElement[bool], limit: int
+) -> Select[int, uuid.UUID, str, float]:
+    """For each row of ``blocks`` (numbered ``block``), the ``limit`` fingerprints among ``rows`` of
+    smallest ``distance`` to it: a ``LATERAL`` index scan per block, joined to the pallets' status."""
     nearest = (
         select(Fingerprint.pallet_id, distance.label("distance"))
-        .where(_of_model(model_id))
+        .where(rows)
         .order_by(distance)
         .limit(limit)
         .lateral("nearest")
@@ -518,20 +527,7 @@ def nearest_words_per_block_query(
         .render_derived(name="query_blocks")
     )
     distance = cast(Fingerprint.visual_words, SPARSEVEC(size)).max_inner_product(blocks.c.words)
-    nearest = (
-        select(Fingerprint.pallet_id, distance.label("distance"))
-        .where(_of_vocabulary(model_id, vocabulary_id))
-        .order_by(distance)
-        .limit(limit)
-        .lateral("nearest")
-    )
-    return (
-        select(blocks.c.block, nearest.c.pallet_id, Pallet.status, nearest.c.distance)
-        .select_from(blocks)
-        .join(nearest, true())
-        .join(Pallet, Pallet.id == nearest.c.pallet_id)
-        .order_by(blocks.c.block, nearest.c.distance)
-    )
+    return _nearest_per_query_block(blocks, distance, _of_vocabulary(model_id, vocabulary_id), limit)
 
 
 def latest_words_query(

@@ -334,13 +334,18 @@ def rank_word_candidates(
     several query blocks from carrying a pallet (measured leave-one-family-out: the true pallet in the top 5
     for 91.7 % of known dispatches against 89.0 %).
     """
+    # one similarity matrix against every stored block: the query's words are spread out once, not per capture
+    columns = [block for captures in stored_words.values() for _, words in captures for block in words]
+    similarities = word_similarities(query_words, columns)
     ranked: list[WordCandidate[PalletKey]] = []
+    first = 0
     for pallet, captures in stored_words.items():
         best: WordCandidate[PalletKey] | None = None
         for capture, words in captures:
+            first += len(words)
             if not words:
                 continue
-            pairing = pair_by_similarity(word_similarities(query_words, words))
+            pairing = pair_by_similarity(similarities[:, first - len(words) : first])
             if best is None or pairing.score > best.pairing.score:
                 best = WordCandidate(pallet=pallet, capture=capture, pairing=pairing)
         if best is not None:
