@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--checkpoint-every", type=int, default=25, help="steps between saved states")
     parser.add_argument("--resume", action="store_true", help="continue from WORK_DIR/state.pt")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, or cuda (bfloat16 autocast)")
     parser.set_defaults(handler=run)
 
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
+            device=args.device,
         )
         metadata, state = train_detector(config)
     except (ValueError, FileNotFoundError, PretrainedWeightsError) as error:

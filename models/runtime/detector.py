@@ -200,8 +200,8 @@ def letterbox_array(image: Image.Image, input_size: tuple[int, int]) -> tuple[np
 def normalise(batch: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 (n, h, w, 3) -> normalised float (n, 3, h, w)."""
     images = batch.permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images - mean_t) / std_t
 
 

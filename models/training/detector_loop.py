@@ -63,6 +63,8 @@ class DetectorTrainConfig:
     workers: int = 0
     checkpoint_every: int = 25
     resume: bool = False
+    device: str = "cpu"
+    """A torch device (``cuda`` trains on the GPU with bfloat16 autocast); the export is always a CPU file."""
 
 
 @dataclass
@@ -111,8 +113,11 @@ def train_detector(
     input_size = (config.input_width, config.input_height)
     if config.input_width % 16 or config.input_height % 16:
         raise ValueError("the input width and height must be multiples of 16")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
     dataset = SideViewDataset(views, input_size, augmentation=Augmentation(), seed=config.seed)
-    model = build_network(config)
+    model = build_network(config).to(device)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     work_dir = Path(config.work_dir)
@@ -120,7 +125,7 @@ def train_detector(
     state = DetectorRunState()
     state_path = work_dir / STATE_FILE
     if config.resume and state_path.exists():
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        saved = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         state = DetectorRunState(saved["step"], saved["elapsed_seconds"], saved["history"])
@@ -165,6 +170,7 @@ def train_detector(
             generator=generator,
             drop_last=len(dataset) > config.batch_size,
             num_workers=config.workers,
+            pin_memory=device.type == "cuda",
         )
         for pixels, heatmap, corners, weights in loader:
             if progress_fraction() >= 1.0:
@@ -172,10 +178,14 @@ def train_detector(
             rate = _learning_rate(config, state.step, progress_fraction())
             for group in optimiser.param_groups:
                 group["lr"] = rate
+            pixels, heatmap, corners, weights = (
+                tensor.to(device, non_blocking=True) for tensor in (pixels, heatmap, corners, weights)
+            )
             inputs = normalise(pixels, metadata.mean, metadata.std)
-            heatmap_logits, corner_offsets = model(inputs)
-            centre = focal_loss(heatmap_logits, heatmap)
-            regression = corner_loss(corner_offsets, corners, weights)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                heatmap_logits, corner_offsets = model(inputs)
+            centre = focal_loss(heatmap_logits.float(), heatmap)
+            regression = corner_loss(corner_offsets.float(), corners, weights)
             loss = centre + config.corner_weight * regression
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -201,7 +211,7 @@ def train_detector(
                 save_state()
     bar.close()
     save_state()
-    model.eval()
+    model.to("cpu").eval()
     recent = state.history[-20:]
     training: dict[str, Any] = {
         "data": str(config.data_dir),
@@ -211,6 +221,7 @@ def train_detector(
         "seconds": round(state.elapsed_seconds, 1),
         "final_loss": float(np.mean([row["loss"] for row in recent])) if recent else None,
         "pretrained": "mobilenet_v2 ImageNet" if config.pretrained else None,
+        "device": device.type,
     }
     final = save_detector(model, config.out, DetectorMetadata(**{**asdict(metadata), "training": training}))
     return final, state

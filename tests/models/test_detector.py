@@ -183,6 +183,18 @@ def test_tiny_detector_trains_exports_and_loads(tmp_path: Path, one_thread: None
     assert json.loads(lines[-1])["step"] == 32
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_training_on_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "sides"
+    generate_sides(data, SideConfig(pallets=1, width=192, height=108), progress=False)
+    config = DetectorTrainConfig(
+        data_dir=data, out=tmp_path / "d.safetensors", work_dir=tmp_path, device="cuda"
+    )
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        train_detector(config, progress=False)
+    assert not (tmp_path / "d.safetensors").exists()
+
+
 def test_detector_files_are_checked(tmp_path: Path) -> None:
     with pytest.raises(DetectorError, match="does not exist"):
         load_detector(tmp_path / "missing.safetensors")
