@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import PalletReidError
-from app.metrics.stages import Stage, timed_call
+from app.metrics.stages import Stage, timed, timed_call
 from models.runtime.checkpoint import CheckpointMetadata
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
 from models.runtime.visual_words import SparseWords, VisualVocabulary
@@ -220,8 +220,9 @@ class ModelRunner:
         """
         forward = timed_call(Stage.FORWARD, self._model.embed)
         fingerprints = self._admit_and_submit(forward, images, self._batch_size)
-        local = [self._feature_pool.submit(self._local, image, extractor) for image in images]
-        blocks = await asyncio.gather(*map(asyncio.wrap_future, local))
+        with timed(Stage.FEATURES):
+            local = [self._feature_pool.submit(self._local, image, extractor) for image in images]
+            blocks = await asyncio.gather(*map(asyncio.wrap_future, local))
         vocabulary = self._vocabulary
         return BlockAnalysis(
             fingerprints=await asyncio.wrap_future(fingerprints),

@@ -33,7 +33,7 @@ from bench.gallery import Gallery
 from bench.latency import DispatchKind, interleaved_dispatch_load, running_server
 from bench.runner import machine_info, scratch_database
 from bench.timing import latency_summary
-from models.runtime.checkpoint import DEFAULT_CHECKPOINT
+from models.runtime.checkpoint import DEFAULT_CHECKPOINT, load_vocabulary
 from models.runtime.detector import DEFAULT_DETECTOR, BlockDetector, crop_blocks
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
@@ -111,12 +111,14 @@ def run_dispatch_comparison(
     seed: int = 0,
     noise: float = 0.5,
     data_dir: Path | None = None,
+    words: bool = True,
 ) -> dict[str, Any]:
     """Dispatch latency (one request in flight) from block crops vs from side views, taking turns.
 
     ``2 * requests`` real pallets are enrolled from their ``cam_1`` crops; the even ones are dispatched as
     their six ``cam_2`` crops, the odd ones as their two side views (so neither kind sees a capture the
-    other just recorded), each once.
+    other just recorded), each once. With ``words`` (and a vocabulary in the checkpoint) the gallery stores
+    visual words as the service does, so the rule's word stage runs as in production.
     """
     settings = Settings()
     embedder = Embedder.load(DEFAULT_CHECKPOINT, num_threads=threads, precision=settings.model_precision)
@@ -161,6 +163,7 @@ def run_dispatch_comparison(
             real_features=[features[index : index + blocks] for index in range(0, len(features), blocks)],
             noise=noise,
             seed=seed,
+            vocabulary=load_vocabulary(DEFAULT_CHECKPOINT) if words else None,
         )
         result["gallery"] = gallery.grow_to(gallery_pallets).as_dict()
         expected = gallery.real_pallet_ids()
@@ -206,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="embedded PostgreSQL data directory (default: temporary)"
     )
+    parser.add_argument(
+        "--no-words",
+        action="store_true",
+        help="store no visual words in the dispatch gallery (the rule's word stage then finds nothing)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     detector = BlockDetector.load(args.detector, num_threads=args.threads)
@@ -217,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             requests=args.dispatch_requests,
             threads=args.threads,
             data_dir=args.data_dir,
+            words=not args.no_words,
         )
     document = json.dumps(result, indent=2)
     if args.output is not None:

@@ -62,7 +62,7 @@ class Readiness(BaseModel):
                     "model": "pcb_resnet18-p4x128-0123456789ab",
                     "embedding_dim": 512,
                     "precision": "bf16",
-                    "detector": "blockdet-mnv2-2d243e161b7b",
+                    "detector": "blockdet-mnv2-8a7a0fb15ff5",
                     "vocabulary": "words32768-e116f0e94412",
                     "schema_revision": ["0007"],
                     "decision_parameters": {

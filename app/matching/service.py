@@ -232,6 +232,7 @@ class MatchingService:
         else:
             decision = self.identify(kind, blocks, model_id=model_id)
             pallet, outcome = self._matched_or_new(decision.pallet, now)
+        stored = StageStopwatch()
 
         pallet.status = STATUS_AFTER[kind].value
         if details.quality_class is not None:
@@ -298,6 +299,7 @@ class MatchingService:
                     event_id=event.id,
                 )
             )
+        stored.lap(Stage.STORE)
         return result
 
     def identify(

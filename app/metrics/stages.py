@@ -2,12 +2,14 @@
 
 Each stage is measured where it happens: ``decode`` (read and decode the uploaded blocks, the matching
 router), ``detect`` (the block detector on side views) and ``forward`` (the fingerprint network), both on
-the model's thread without the wait for it (``app.model_runner``),
-``search`` (k-NN and the shortlisted pallets' captures) and ``verify`` (block pairing, stored local features,
-geometric check, and the visual-word search when the network's candidates gave no clear match) in
-``app.matching.service``, and ``commit`` (the unit of work's final flush and COMMIT, a
-session event). Only requests that record an event are timed (:func:`app.request_context.note_recording`);
-each observation also lands in the request's own timings, which its log line shows. A stage costs two
+the model's thread without the wait for it, and ``features`` (local features and visual words of the
+blocks on the feature pool, beside the forward: from its submission to the last block's words) in
+``app.model_runner``; ``search`` (k-NN and the shortlisted pallets' captures), ``verify`` (block pairing,
+stored local features, geometric check, and the visual-word search when the network's candidates gave no
+clear match) and ``store`` (the event, its fingerprints with their index entries, and the block images)
+in ``app.matching.service``; and ``commit`` (the unit of work's final flush and COMMIT, a session event).
+Only requests that record an event are timed (:func:`app.request_context.note_recording`); each
+observation also lands in the request's own timings, which its log line shows. A stage costs two
 ``perf_counter`` calls and one locked histogram update (about a microsecond).
 """
 
@@ -33,14 +35,17 @@ class Stage(StrEnum):
     DECODE = "decode"
     DETECT = "detect"
     FORWARD = "forward"
+    FEATURES = "features"
     SEARCH = "search"
     VERIFY = "verify"
+    STORE = "store"
     COMMIT = "commit"
 
 
 STAGE_SECONDS = Histogram(
     "palletreid_stage_duration_seconds",
-    "Time per processing stage of receipts and dispatches (decode, detect, forward, search, verify, commit).",
+    "Time per processing stage of receipts and dispatches "
+    "(decode, detect, forward, features, search, verify, store, commit).",
     ("kind", "stage"),
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )

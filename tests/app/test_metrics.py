@@ -72,7 +72,7 @@ def test_requests_decisions_and_backlog_are_counted(client: TestClient) -> None:
     assert any(name.startswith("palletreid_impostor_samples{model=") for name in after)
 
 
-STAGES = ("decode", "forward", "search", "verify", "commit")
+STAGES = ("decode", "forward", "features", "search", "verify", "store", "commit")
 
 
 def test_each_stage_of_a_dispatch_is_timed(client: TestClient) -> None:
