@@ -31,7 +31,7 @@ class RequestContext:
     review: bool | None = None
     event_id: int | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage (decode, forward, search, verify, commit) of this request."""
+    """Seconds per stage of this request (decode, detect, forward, features, search, verify, store, commit)"""
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("palletreid_request", default=None)
