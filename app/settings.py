@@ -123,6 +123,15 @@ class Settings(BaseSettings):
         le=1000,
         description="HNSW candidate list size (150: recall@10 0.996 at 10 000 pallets, docs/benchmarks.md).",
     )
+    hnsw_words_ef_search: int = Field(
+        default=300,
+        ge=1,
+        le=1000,
+        description=(
+            "HNSW candidate list size of the visual-word k-NN (300 on the lighter word index finds a block's "
+            "own pallet as often as 150 did on the old one at 10 000 pallets; docs/benchmarks.md)."
+        ),
+    )
     max_candidates: int = Field(default=5, ge=1, description="Candidates reported per match result.")
 
     calibration_target_rate: float = Field(

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from app.db.tables import EventKind, MatchDecision, PalletStatus
 from app.matching.repository import (
     HNSW_M,
+    WORDS_HNSW_M,
     as_sparsevec,
     hnsw_index_ddl,
     hnsw_index_name,
@@ -277,7 +278,7 @@ class Gallery:
             return None
         rows = len(self.vectors)
         # a graph node holds its sparse vector (about 500 words of 8 bytes) and 2 m neighbours
-        memory_mb = max(64, math.ceil(rows * 2 * (500 * 8 + HNSW_M * 2 * 8) / 2**20))
+        memory_mb = max(64, math.ceil(rows * 2 * (500 * 8 + WORDS_HNSW_M * 2 * 8) / 2**20))
         with self.connect(autocommit=True) as connection:
             connection.execute(f"SET maintenance_work_mem = '{memory_mb}MB'")
             logger.info("building the visual-word HNSW index over %d blocks", rows)

@@ -391,6 +391,7 @@ def identify_breakdown(
     result: dict[str, Any] = {
         "top_k": config.top_k,
         "ef_search": config.ef_search,
+        "words_ef_search": config.words_ef_search,
         "identify_db": db,
         "identify_db_by_kind": by_kind,
         "embed_six_blocks": embed,
@@ -416,7 +417,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 2) if denominator else None
 
 
-WORD_EF_SEARCH_VALUES: tuple[int, ...] = (20, 40, 80)
+WORD_EF_SEARCH_VALUES: tuple[int, ...] = (20, 40, 80, 150)
 """``hnsw.ef_search`` values tried for the word k-NN besides the service's (below ``word_top_k`` a block
 gets fewer than ``word_top_k`` neighbours)."""
 
@@ -444,7 +445,7 @@ def word_stage(
         encode_seconds.append(time.perf_counter() - started)
     engine = build_engine(database_url, pool_size=1)
     timings: dict[str, dict[str, list[float]]] = {kind: {"knn": [], "latest_words": []} for kind in queries}
-    ef_values = sorted({*WORD_EF_SEARCH_VALUES, config.ef_search})
+    ef_values = sorted({*WORD_EF_SEARCH_VALUES, config.words_ef_search})
     sweep: dict[int, dict[str, list[float]]] = {ef: {"knn": [], "found": []} for ef in ef_values}
     try:
         with build_session_factory(engine)() as session:
@@ -459,7 +460,7 @@ def word_stage(
                 )
 
             for kind, analyses in queries.items():
-                repository.configure_search(ef_search=config.ef_search)
+                repository.configure_search(ef_search=config.words_ef_search)
                 for index in range(repeats):
                     words = analyses[index % len(analyses)].words
                     assert words is not None

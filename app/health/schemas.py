@@ -64,7 +64,7 @@ class Readiness(BaseModel):
                     "precision": "bf16",
                     "detector": "blockdet-mnv2-8a7a0fb15ff5",
                     "vocabulary": "words32768-e116f0e94412",
-                    "schema_revision": ["0007"],
+                    "schema_revision": ["0008"],
                     "decision_parameters": {
                         "model_id": "pcb_resnet18-p4x128-0123456789ab",
                         "block_threshold": 0.7,

@@ -50,6 +50,12 @@ HNSW_INDEX_PREFIX = "ix_fingerprints_hnsw_"
 WORDS_INDEX_PREFIX = HNSW_INDEX_PREFIX + "words_"
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
+WORDS_HNSW_M = 8
+WORDS_HNSW_EF_CONSTRUCTION = 32
+"""The visual-word index is built lighter than the fingerprints': each block's ~480 words make an HNSW
+insert cost 20-25 ms of sparse inner products at ``m`` 16 / ``ef_construction`` 64, the largest part of a
+dispatch's storage step (docs/benchmarks.md, "The storage step"). Migration 0008 drops indexes built with
+the old values, so that the service rebuilds them with these at its next start."""
 MAX_INDEXED_DIM = 4000
 """pgvector indexes ``halfvec`` of up to 4 000 dimensions."""
 
@@ -266,7 +272,7 @@ def words_index_ddl(model_id: str, vocabulary_id: str, size: int, *, concurrentl
         f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS "
         f"{words_index_name(model_id, vocabulary_id)} ON {Fingerprint.__tablename__} USING hnsw "
         f"((visual_words::sparsevec({size})) sparsevec_ip_ops) "
-        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
+        f"WITH (m = {WORDS_HNSW_M}, ef_construction = {WORDS_HNSW_EF_CONSTRUCTION}) "
         f"WHERE model_id = {_quoted(model_id)} AND vocabulary_id = {_quoted(vocabulary_id)}"
     )
 

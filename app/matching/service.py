@@ -82,6 +82,7 @@ class MatchingConfig:
     shortlist_size: int
     captures_per_pallet: int
     ef_search: int
+    words_ef_search: int
     max_candidates: int
     geometry: GeometryParameters = field(default_factory=GeometryParameters)
 
@@ -94,6 +95,7 @@ class MatchingConfig:
             shortlist_size=decision.rule.shortlist_size,
             captures_per_pallet=decision.rule.captures_per_pallet,
             ef_search=settings.hnsw_ef_search,
+            words_ef_search=settings.hnsw_words_ef_search,
             max_candidates=settings.max_candidates,
             geometry=decision.geometry,
         )
@@ -400,6 +402,7 @@ class MatchingService:
         pallets outside ``network_checks``) are read into ``prefetched`` in one round trip.
         """
         geometry = self._config.geometry
+        self._fingerprints.configure_search(ef_search=self._config.words_ef_search)
         per_block = self._fingerprints.nearest_words_per_block(
             words.per_block, model_id=model_id, vocabulary_id=words.vocabulary_id, limit=geometry.word_top_k
         )

@@ -24,6 +24,7 @@ CONFIG = MatchingConfig(
     shortlist_size=10,
     captures_per_pallet=3,
     ef_search=40,
+    words_ef_search=40,
     max_candidates=5,
 )
 

@@ -28,6 +28,7 @@ CONFIG = MatchingConfig(
     shortlist_size=10,
     captures_per_pallet=3,
     ef_search=40,
+    words_ef_search=40,
     max_candidates=5,
 )
 
@@ -109,6 +110,7 @@ def test_identification_takes_one_round_trip_for_the_search_and_one_for_the_feat
         shortlist_size=10,
         captures_per_pallet=3,
         ef_search=40,
+        words_ef_search=40,
         max_candidates=5,
         geometry=GeometryParameters(candidates_checked=3),
     )

@@ -35,6 +35,8 @@ from app.db.tables import EventKind, Fingerprint, MatchDecision
 from app.images.reindex import ReindexRepository, fill_visual_words
 from app.main import create_app
 from app.matching.repository import (
+    WORDS_HNSW_EF_CONSTRUCTION,
+    WORDS_HNSW_M,
     FingerprintRepository,
     nearest_words_per_block_query,
     words_from_binary,
@@ -58,6 +60,7 @@ NETWORK_REACH_ONE = MatchingConfig(
     shortlist_size=1,
     captures_per_pallet=3,
     ef_search=40,
+    words_ef_search=40,
     max_candidates=5,
     geometry=GeometryParameters(candidates_checked=1),
 )
@@ -248,6 +251,34 @@ def test_the_word_search_runs_only_when_the_network_gives_no_clear_match(
     assert len(statements) == 2 and "LATERAL" in statements[0], "the word k-NN, then the pallets' words"
 
 
+def test_the_word_search_runs_with_its_own_ef_search(
+    record: Record, session: Session, vocabulary: VisualVocabulary
+) -> None:
+    """The word k-NN sets ``words_ef_search`` for its statement; a clear network match never changes the
+    network search's ``ef_search`` (both are ``SET LOCAL``: the transaction shows the last one)."""
+    config = replace(
+        NETWORK_REACH_ONE,
+        shortlist_size=3,
+        ef_search=37,
+        words_ef_search=23,
+        geometry=GeometryParameters(candidates_checked=3),
+    )
+    known = with_words(block_analysis(seed=21), vocabulary)
+    record(EventKind.RECEIPT, known, config)
+    record(EventKind.RECEIPT, with_words(block_analysis(seed=22), vocabulary), config)
+    service = MatchingService(session, config)
+
+    clear = service.identify(EventKind.DISPATCH, known, model_id=MODEL)
+    assert clear.outcome is Outcome.MATCHED
+    assert session.execute(text("SHOW hnsw.ef_search")).scalar_one() == "37"
+
+    unknown = service.identify(
+        EventKind.DISPATCH, with_words(block_analysis(seed=23), vocabulary), model_id=MODEL
+    )
+    assert unknown.outcome is Outcome.NEW
+    assert session.execute(text("SHOW hnsw.ef_search")).scalar_one() == "23"
+
+
 def test_a_returning_pallet_is_received_through_its_words_but_not_while_in_stock(
     record: Record, vocabulary: VisualVocabulary
 ) -> None:
@@ -397,3 +428,42 @@ def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_
             f"every fingerprint of {model_id} has visual words of {vocabulary_id}" in record.getMessage()
             for record in caplog.records
         )
+
+
+def test_migration_0008_drops_heavy_word_indexes_and_the_service_rebuilds_them_lighter(
+    fresh_database: FreshDatabase,
+    words_checkpoint: Path,
+    make_settings: SettingsFactory,
+    vocabulary: VisualVocabulary,
+    tmp_path: Path,
+) -> None:
+    model_id = read_metadata(words_checkpoint).model_id
+    name = words_index_name(model_id, vocabulary.vocabulary_id)
+    lighter = f"m = {WORDS_HNSW_M}, ef_construction = {WORDS_HNSW_EF_CONSTRUCTION}"
+    heavy = words_index_ddl(model_id, vocabulary.vocabulary_id, vocabulary.size).replace(
+        lighter, "m = 16, ef_construction = 64"
+    )
+    assert lighter not in heavy
+
+    def options(url: str) -> list[str] | None:
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            found: list[str] | None = connection.execute(
+                text("SELECT reloptions FROM pg_class WHERE relname = :name"), {"name": name}
+            ).scalar_one_or_none()
+        engine.dispose()
+        return found
+
+    with fresh_database() as url:
+        command.upgrade(alembic_config(url), "0007")
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text(heavy))
+        engine.dispose()
+        assert options(url) == ["m=16", "ef_construction=64"], "as the service built it before 0008"
+        upgrade_to_head(url)
+        assert options(url) is None
+        settings = make_settings(url, words_checkpoint, image_store=tmp_path / "images")
+        with TestClient(create_app(settings)) as served:
+            assert served.get("/readyz").status_code == 200
+        assert options(url) == [f"m={WORDS_HNSW_M}", f"ef_construction={WORDS_HNSW_EF_CONSTRUCTION}"]
