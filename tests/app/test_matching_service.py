@@ -11,13 +11,20 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from api_testkit import block_analysis, pick, unit_vectors
+from pgvector import HalfVector
 from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db.migrations import upgrade_to_head
 from app.db.session import build_session_factory, unit_of_work
 from app.db.tables import Event, EventKind, Fingerprint, MatchDecision, Pallet
-from app.matching.repository import FingerprintRepository, hnsw_index_ddl, hnsw_index_name, nearest_query
+from app.matching.repository import (
+    FingerprintRepository,
+    fingerprint_from_binary,
+    hnsw_index_ddl,
+    hnsw_index_name,
+    nearest_query,
+)
 from app.matching.schemas import MatchResult
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
 from app.model_runner import BlockAnalysis
@@ -294,6 +301,16 @@ def test_latest_captures_returns_the_newest_events_of_each_pallet(record: Record
     np.testing.assert_allclose(captures[pallet][1].fingerprints, second.fingerprints, atol=2e-3)
     assert np.allclose(np.linalg.norm(captures[pallet][1].fingerprints, axis=1), 1.0)
     assert FingerprintRepository(session).latest_captures([], model_id=MODEL, per_pallet=2) == {}
+    by_event = FingerprintRepository(session).captures_fingerprints([third_event, 10**9], model_id=MODEL)
+    assert list(by_event) == [third_event]
+    np.testing.assert_array_equal(by_event[third_event], captures[pallet][0].fingerprints)
+
+
+def test_fingerprints_are_read_in_pgvectors_binary_form() -> None:
+    values = np.random.default_rng(3).normal(size=(7,)).astype(np.float32)
+    read = fingerprint_from_binary(HalfVector(values).to_binary())
+    assert read.dtype == np.float64 and read.shape == (7,)
+    np.testing.assert_array_equal(read, values.astype(np.float16).astype(np.float64))
 
 
 def test_a_pallet_is_verified_against_its_recent_captures_only(
