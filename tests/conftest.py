@@ -9,6 +9,7 @@ not ask for a database never start one.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -25,8 +26,9 @@ from app.db.migrations import upgrade_to_head
 from app.db.session import normalise_database_url, throwaway_database, unit_of_work
 from app.main import create_app
 from app.settings import Settings
-from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint
+from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint, store_vocabulary
 from models.runtime.pcb import build_model
+from models.runtime.visual_words import VisualVocabulary
 
 FreshDatabase = Callable[[], AbstractContextManager[str]]
 SettingsFactory = Callable[..., Settings]
@@ -136,6 +138,18 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model, image_height=TINY_IMAGE_SIZE[0], image_width=TINY_IMAGE_SIZE[1], training={"purpose": "tests"}
     )
     save_checkpoint(model, path, metadata=metadata)
+    return path
+
+
+@pytest.fixture(scope="module")
+def words_checkpoint(
+    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, vocabulary: VisualVocabulary
+) -> Path:
+    """The tiny test checkpoint with the vocabulary stored beside its weights (same model id). Each test
+    module that asks for it defines its own module-scoped ``vocabulary`` fixture."""
+    path = tmp_path_factory.mktemp("checkpoint-words") / "tiny-words.safetensors"
+    shutil.copyfile(tiny_checkpoint, path)
+    store_vocabulary(path, vocabulary)
     return path
 
 

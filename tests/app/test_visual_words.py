@@ -5,7 +5,6 @@ features of noise images, a real (tiny) vocabulary learned from other noise imag
 from __future__ import annotations
 
 import logging
-import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -48,7 +47,7 @@ from app.matching.schemas import MatchResult
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
 from app.model_runner import BlockAnalysis, BlockWords
 from app.settings import Settings
-from models.runtime.checkpoint import read_metadata, store_vocabulary
+from models.runtime.checkpoint import read_metadata
 from models.runtime.visual_words import SparseWords, VisualVocabulary
 from models.runtime.voting import GeometryParameters, Outcome, VotingThresholds
 from models.training.vocabulary import VocabularyConfig, learn_vocabulary
@@ -342,17 +341,6 @@ def test_reindex_fills_the_words_of_rows_without_them_from_their_local_features(
     assert {v for v, _ in stored_words(session, current.pallet_id)} == {vocabulary.vocabulary_id}
     again = fill_visual_words(session_factory, model_id=MODEL, vocabulary=vocabulary)
     assert again.fingerprints_filled == 0
-
-
-@pytest.fixture(scope="module")
-def words_checkpoint(
-    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, vocabulary: VisualVocabulary
-) -> Path:
-    """The tiny test checkpoint with the vocabulary stored beside its weights (same model id)."""
-    path = tmp_path_factory.mktemp("checkpoint-words") / "tiny-words.safetensors"
-    shutil.copyfile(tiny_checkpoint, path)
-    store_vocabulary(path, vocabulary)
-    return path
 
 
 def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_the_older_rows(

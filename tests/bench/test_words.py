@@ -5,7 +5,6 @@ its vocabulary."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from app.settings import Settings
 from bench.captures import render_pallets
 from bench.gallery import Gallery, perturbed_words
 from bench.runner import checkpoint_without_vocabulary, scratch_database
-from models.runtime.checkpoint import load_vocabulary, read_metadata, store_vocabulary
+from models.runtime.checkpoint import load_vocabulary, read_metadata
 from models.runtime.images import decode_image
 from models.runtime.local_features import LocalFeatures, extract
 from models.runtime.thresholds import GeometryParameters
@@ -49,20 +48,26 @@ def vocabulary(enrol_features: list[list[LocalFeatures]]) -> VisualVocabulary:
     return learn_vocabulary(descriptors, VocabularyConfig(branches=8, leaves=16, iterations=5))
 
 
-@pytest.fixture(scope="module")
-def words_checkpoint(
-    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, vocabulary: VisualVocabulary
-) -> Path:
-    path = tmp_path_factory.mktemp("bench-words") / "tiny-words.safetensors"
-    shutil.copyfile(tiny_checkpoint, path)
-    store_vocabulary(path, vocabulary)
-    return path
-
-
 def unit_fingerprints(pallets: int, dim: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((pallets, BLOCKS_PER_PALLET, dim)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=2, keepdims=True)
+
+
+def seeded_gallery(
+    database_url: str, enrol_features: list[list[LocalFeatures]], vocabulary: VisualVocabulary | None = None
+) -> Gallery:
+    """A bench gallery on ``database_url``: its real pallets are the rendered blocks (random fingerprints)."""
+    return Gallery(
+        database_url,
+        model_id=MODEL,
+        num_parts=1,
+        real_fingerprints=unit_fingerprints(len(enrol_features), 64, seed=1),
+        real_features=enrol_features,
+        noise=0.5,
+        seed=0,
+        vocabulary=vocabulary,
+    )
 
 
 def test_the_gallery_stores_the_services_words_and_indexes_them(
@@ -70,16 +75,7 @@ def test_the_gallery_stores_the_services_words_and_indexes_them(
 ) -> None:
     with scratch_database(database_server_url, None) as database_url:
         upgrade_to_head(database_url)
-        gallery = Gallery(
-            database_url,
-            model_id=MODEL,
-            num_parts=1,
-            real_fingerprints=unit_fingerprints(len(enrol_features), 64, seed=1),
-            real_features=enrol_features,
-            noise=0.5,
-            seed=0,
-            vocabulary=vocabulary,
-        )
+        gallery = seeded_gallery(database_url, enrol_features, vocabulary)
         first = gallery.grow_to(20)
         grown = gallery.grow_to(30)
 
@@ -126,15 +122,7 @@ def test_a_gallery_without_vocabulary_stores_no_words(
 ) -> None:
     with scratch_database(database_server_url, None) as database_url:
         upgrade_to_head(database_url)
-        gallery = Gallery(
-            database_url,
-            model_id=MODEL,
-            num_parts=1,
-            real_fingerprints=unit_fingerprints(len(enrol_features), 64, seed=1),
-            real_features=enrol_features,
-            noise=0.5,
-            seed=0,
-        )
+        gallery = seeded_gallery(database_url, enrol_features)
         stats = gallery.grow_to(10)
         assert (stats.words_index_build_s, stats.words_index_bytes, stats.words_bytes) == (None, None, None)
         engine = create_engine(database_url)
