@@ -15,6 +15,7 @@ COMMAND_MODULES: dict[str, str] = {
     "reindex": "app.commands.reindex",
     "synth": "models.cli.synth",
     "synth-sides": "models.cli.synth_sides",
+    "side-crops": "models.cli.side_crops",
     "train": "models.cli.train",
     "weights": "models.cli.weights",
     "vocabulary": "models.cli.vocabulary",

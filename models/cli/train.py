@@ -35,6 +35,7 @@ _FLAG_KEYS: dict[str, str] = {
     "device": "device",
     "weights": "weights",
     "pretrained": "pretrained",
+    "init_checkpoint": "init_checkpoint",
 }
 
 
@@ -72,6 +73,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", type=Path, default=None, help="dataset root directory")
     parser.add_argument("--out", type=Path, default=None, help="run directory for checkpoints and the export")
+    parser.add_argument(
+        "--extra-data",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="another dataset whose captures join --data's (the same pallet and block position is the same "
+        "identity), e.g. block crops cut from side views by `palletreid side-crops`; repeatable",
+    )
     parser.add_argument("--epochs", type=float, default=None, help="epochs (passes over the identities)")
     parser.add_argument("--max-steps", type=int, default=None, help="maximum optimiser steps (0: no limit)")
     parser.add_argument(
@@ -105,6 +115,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--weights", type=Path, default=None, help="state dict of the full --arch network to start from"
     )
     parser.add_argument(
+        "--init-checkpoint",
+        type=Path,
+        default=None,
+        help="fine-tune: start the trunk and part reductions from this palletreid checkpoint (same arch, "
+        "parts and dims); the classifiers start fresh",
+    )
+    parser.add_argument(
         "--pretrained",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -124,6 +141,8 @@ def _overrides(args: argparse.Namespace, base: TrainConfig) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = str(value) if isinstance(value, Path) else value
+    if args.extra_data is not None:
+        overrides["extra_data_dirs"] = [str(path) for path in args.extra_data]
     if args.batch_size is not None:
         instances = int(overrides.get("instances_per_id", base.instances_per_id))
         if args.batch_size % instances:

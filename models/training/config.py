@@ -37,6 +37,9 @@ class TrainConfig:
     """
 
     data_dir: str = ""  # required: --data DIR
+    # more datasets whose captures join --data's (the same "<pallet>/<position>" is the same block), e.g.
+    # block crops cut from side views by `palletreid side-crops`
+    extra_data_dirs: tuple[str, ...] = ()
     out_dir: str = "runs/pcb_resnet18"
     # model: num_parts x part_dim = the fingerprint size (512 for the shipped model; the service stores any)
     arch: str = DEFAULT_ARCH
@@ -46,6 +49,9 @@ class TrainConfig:
     last_stride: int = DEFAULT_LAST_STRIDE
     weights: str = ""  # state dict of the full network `arch` to start from; empty: see `pretrained`
     pretrained: bool = False  # start from the verified ImageNet file of `arch` (`palletreid weights`)
+    # fine-tune: trunk and part reductions start from this inference checkpoint (same arch, parts, dims and
+    # last stride); the classifiers, which belong to the identities of this run, start fresh
+    init_checkpoint: str = ""
     image_height: int = DEFAULT_IMAGE_SIZE[0]
     image_width: int = DEFAULT_IMAGE_SIZE[1]
     hflip_probability: float = 0.0  # a mirrored block swaps its parts: keep off unless blocks are symmetric
@@ -97,8 +103,8 @@ class TrainConfig:
             raise TrainingError("set at least one of epochs, max_steps, time_budget_minutes")
         if self.optimizer not in ("adamw", "sgd"):
             raise TrainingError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
-        if self.pretrained and self.weights:
-            raise TrainingError("set either weights (your own file) or pretrained=true, not both")
+        if sum((self.pretrained, bool(self.weights), bool(self.init_checkpoint))) > 1:
+            raise TrainingError("set at most one of weights, pretrained=true and init_checkpoint")
         if self.backbone_lr_multiplier <= 0 or self.classifier_lr_multiplier <= 0:
             raise TrainingError("backbone_lr_multiplier and classifier_lr_multiplier must be positive")
         if self.ids_per_batch < 2:
@@ -114,6 +120,10 @@ def _coerce(key: str, value: Any) -> Any:
     expected = _CONFIG_TYPES[key]
     if get_origin(expected) in (Union, types.UnionType):
         expected = next(arg for arg in get_args(expected) if arg is not type(None))
+    if get_origin(expected) is tuple:  # a list of strings (TOML array, JSON list or repeated flag)
+        if not isinstance(value, list | tuple) or not all(isinstance(item, str | Path) for item in value):
+            raise TrainingError(f"config key {key!r} expects a list of strings, got {value!r}")
+        return tuple(str(item) for item in value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is str and isinstance(value, Path):

@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models.runtime.checkpoint import CheckpointMetadata, save_checkpoint
+from models.runtime.checkpoint import CheckpointError, CheckpointMetadata, load_checkpoint, save_checkpoint
 from models.runtime.pcb import PCB, build_model, parts_to_fingerprint
 from models.runtime.transforms import IMAGENET_MEAN, IMAGENET_STD
 from models.training.augmentation import AugmentationConfig, training_transform
@@ -62,14 +63,21 @@ class TrainResult:
     final_loss: float
 
 
-def _training_captures(data_dir: Path) -> list[BlockImageRecord]:
-    """All captures, or only the ``split == "train"`` ones when the dataset has a split column."""
-    try:
-        captures = read_dataset(data_dir)
-        if any(capture.split is not None for capture in captures):
-            captures = read_dataset(data_dir, split="train")
-    except DatasetError as error:
-        raise TrainingError(str(error)) from error
+def _training_captures(data_dirs: Sequence[Path]) -> list[BlockImageRecord]:
+    """All captures of every dataset, or only the ``split == "train"`` ones of a dataset with a split column.
+
+    Identities are shared across datasets: a block crop cut from a side view and a camera capture of the same
+    pallet and position train the same class.
+    """
+    captures: list[BlockImageRecord] = []
+    for data_dir in data_dirs:
+        try:
+            dataset = read_dataset(data_dir)
+            if any(capture.split is not None for capture in dataset):
+                dataset = read_dataset(data_dir, split="train")
+        except DatasetError as error:
+            raise TrainingError(str(error)) from error
+        captures.extend(dataset)
     return captures
 
 
@@ -108,6 +116,25 @@ def _initial_weights(config: TrainConfig) -> Path | None:
         return fetch_pretrained(config.arch)
     except PretrainedWeightsError as error:
         raise TrainingError(f"pretrained=true: {error}") from error
+
+
+def initialise_from_checkpoint(model: PCB, path: Path) -> None:
+    """Copy an inference checkpoint's trunk and part reductions into ``model`` (fine-tuning)."""
+    try:
+        source, metadata = load_checkpoint(path)
+    except (CheckpointError, OSError) as error:
+        raise TrainingError(f"init_checkpoint: {error}") from error
+    expected = (model.arch, model.num_parts, model.part_dim, model.part_axis, model.last_stride)
+    found = (metadata.arch, metadata.num_parts, metadata.part_dim, metadata.part_axis, metadata.last_stride)
+    if found != expected:
+        raise TrainingError(
+            f"init_checkpoint {path} is {found} (arch, parts, part dim, part axis, last stride) but this run "
+            f"builds {expected}; set the same architecture"
+        )
+    missing, _classifiers = model.load_state_dict(source.state_dict(), strict=False)
+    if missing and not all(key.startswith("classifiers.") for key in missing):
+        raise TrainingError(f"init_checkpoint {path} lacks weights of this network: {missing[:3]}")
+    logger.info("fine-tuning from %s (%s)", path, metadata.model_id)
 
 
 def build_optimizer(model: PCB, config: TrainConfig) -> torch.optim.Optimizer:
@@ -220,8 +247,9 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
 
-    data_dir = Path(config.data_dir)
-    captures = _training_captures(data_dir)
+    data_dirs = [Path(config.data_dir), *(Path(extra) for extra in config.extra_data_dirs)]
+    data_dir = data_dirs[0]
+    captures = _training_captures(data_dirs)
     transform = training_transform(
         config.image_size,
         IMAGENET_MEAN,
@@ -230,7 +258,12 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
     )
     dataset = BlockImageDataset(captures, transform)
     identities = dataset.identities
-    logger.info("training on %d captures of %d identities from %s", len(captures), len(identities), data_dir)
+    logger.info(
+        "training on %d captures of %d identities from %s",
+        len(captures),
+        len(identities),
+        ", ".join(str(path) for path in data_dirs),
+    )
 
     model = build_model(
         config.arch,
@@ -241,6 +274,8 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
         last_stride=config.last_stride,
         weights=None if resume is not None else _initial_weights(config),
     )
+    if config.init_checkpoint and resume is None:
+        initialise_from_checkpoint(model, Path(config.init_checkpoint))
     optimizer = build_optimizer(model, config)
     state = RunState()
     if resume is not None:
@@ -375,6 +410,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> TrainResult:
         std=IMAGENET_STD,
         training={
             "dataset": str(data_dir),
+            "extra_datasets": [str(path) for path in data_dirs[1:]],
             "identities": len(identities),
             "captures": len(captures),
             "steps": state.step,

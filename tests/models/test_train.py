@@ -16,7 +16,13 @@ from app.cli import main as cli_main
 from models.runtime.inference import Embedder
 from models.runtime.pcb import build_model
 from models.training.config import TrainConfig, TrainingError, apply_overrides, load_config, parse_assignment
-from models.training.loop import bf16_autocast_supported, learning_rate_factor, load_state, train
+from models.training.loop import (
+    bf16_autocast_supported,
+    initialise_from_checkpoint,
+    learning_rate_factor,
+    load_state,
+    train,
+)
 from models.training.losses import batch_hard_triplet_loss, part_accuracy, part_cross_entropy
 from models.training.sampler import PKBatchSampler
 
@@ -211,3 +217,72 @@ def test_training_reduces_the_loss_on_a_fixed_batch() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_extra_datasets_join_the_identities_of_the_first(tmp_path: Path) -> None:
+    """The same identity in two datasets is one class; the export records every dataset it saw."""
+    first = _write_identities(tmp_path / "cameras", identities=4, captures=2)
+    second = _write_identities(tmp_path / "sides", identities=6, captures=2)
+    result = train(_tiny_config(first, tmp_path / "run", max_steps=1, extra_data_dirs=[str(second)]))
+    assert result.metadata.training["identities"] == 6
+    assert result.metadata.training["captures"] == 4 * 2 + 6 * 2
+    assert result.metadata.training["extra_datasets"] == [str(second)]
+    with pytest.raises(TrainingError, match="list of strings"):
+        apply_overrides(TrainConfig(), {"extra_data_dirs": str(second)})
+    with pytest.raises(TrainingError, match="is not a directory"):
+        train(_tiny_config(first, tmp_path / "bad", max_steps=1, extra_data_dirs=[str(tmp_path / "none")]))
+
+
+def test_fine_tuning_starts_trunk_and_reductions_from_a_checkpoint(tmp_path: Path) -> None:
+    data = _write_identities(tmp_path / "data", identities=4, captures=2)
+    source = train(_tiny_config(data, tmp_path / "source", max_steps=2)).checkpoint
+    source_state = Embedder.load(source).model.state_dict()
+
+    fresh = build_model("resnet18", num_classes=7, num_parts=2, part_dim=8)
+    initialise_from_checkpoint(fresh, source)
+    state = fresh.state_dict()
+    copied = [key for key in state if key.startswith(("trunk.", "reductions."))]
+    assert copied and all(torch.equal(state[key], source_state[key]) for key in copied)
+    assert state["classifiers.0.weight"].shape[0] == 7  # this run's identities, not the source's
+
+    with pytest.raises(TrainingError, match="same architecture"):
+        initialise_from_checkpoint(build_model("resnet18", num_classes=7, num_parts=4, part_dim=8), source)
+    with pytest.raises(TrainingError, match="init_checkpoint"):
+        initialise_from_checkpoint(fresh, tmp_path / "missing.safetensors")
+    with pytest.raises(TrainingError, match="at most one"):
+        _tiny_config(data, tmp_path / "x", init_checkpoint=str(source), pretrained=True).validate()
+
+    # through the CLI: the fine-tuned run exports a checkpoint of the same shape
+    exit_code = cli_main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--extra-data",
+            str(data),
+            "--out",
+            str(tmp_path / "tuned"),
+            "--init-checkpoint",
+            str(source),
+            "--max-steps",
+            "1",
+            "--num-parts",
+            "2",
+            "--part-dim",
+            "8",
+            "--ids-per-batch",
+            "3",
+            "--instances-per-id",
+            "2",
+            "--workers",
+            "0",
+            "--set",
+            "image_height=32",
+            "--set",
+            "image_width=48",
+            "--set",
+            "warmup_steps=1",
+        ]
+    )
+    assert exit_code == 0
+    assert Embedder.load(tmp_path / "tuned" / "model.safetensors").embedding_dim == 16
