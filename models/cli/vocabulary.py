@@ -6,6 +6,10 @@ import argparse
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.runtime.visual_words import VisualVocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "changing it."
         ),
     )
-    parser.add_argument("--data", type=Path, required=True, help="dataset root (metadata.csv or folders)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="dataset root (metadata.csv or folders) to learn from")
+    source.add_argument(
+        "--copy-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="copy the vocabulary stored in another checkpoint instead of learning one (visual words depend "
+        "on the local features alone, not on the network: a retrained network keeps its vocabulary)",
+    )
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="checkpoint .safetensors (default: the shipped one)"
     )
@@ -56,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from models.runtime.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, read_metadata, store_vocabulary
+    from models.runtime.checkpoint import (
+        DEFAULT_CHECKPOINT,
+        CheckpointError,
+        load_vocabulary,
+        read_metadata,
+    )
     from models.runtime.images import load_image_file
     from models.runtime.local_features import extract
     from models.runtime.voting import GeometryParameters
@@ -76,6 +93,16 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError) as error:
         logger.error("%s", error)
         return 2
+    if args.copy_from is not None:
+        try:
+            copied = load_vocabulary(args.copy_from)
+        except CheckpointError as error:
+            logger.error("%s", error)
+            return 2
+        if copied is None:
+            logger.error("%s holds no vocabulary to copy", args.copy_from)
+            return 2
+        return _store(checkpoint, args.output, copied)
     geometry = metadata.decision.geometry if metadata.decision is not None else GeometryParameters()
     paths = sorted({str(record.path) for record in read_dataset(args.data)})
     if len(paths) > args.max_images > 0:
@@ -93,20 +120,26 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         logger.error("%s", error)
         return 2
-    target = checkpoint
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(checkpoint, args.output)
-        target = args.output
-    stored = store_vocabulary(target, vocabulary)
     used = np.count_nonzero(vocabulary.idf < np.log(len(sets) + 1))
     logger.info(
-        "vocabulary %s: %d words, %d seen in the training images; stored in %s (%s)",
+        "vocabulary %s: %d words, %d seen in the training images",
         vocabulary.vocabulary_id,
         vocabulary.size,
         used,
-        target,
-        stored.model_id,
     )
+    return _store(checkpoint, args.output, vocabulary)
+
+
+def _store(checkpoint: Path, output: Path | None, vocabulary: VisualVocabulary) -> int:
+    """Write ``vocabulary`` into ``checkpoint`` (or a copy of it at ``output``) and print its id."""
+    from models.runtime.checkpoint import store_vocabulary
+
+    target = checkpoint
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint, output)
+        target = output
+    stored = store_vocabulary(target, vocabulary)
+    logger.info("stored vocabulary %s in %s (%s)", vocabulary.vocabulary_id, target, stored.model_id)
     print(vocabulary.vocabulary_id)
     return 0

@@ -355,3 +355,12 @@ def test_vocabulary_command_stores_words_that_the_evaluation_then_uses(
     assert report["verified"]["vocabulary_id"] == vocabulary_id
 
     assert main([*learn, "--branches", "0", "--output", str(tmp_path / "bad.safetensors")]) == 2
+
+    # a retrained network takes the vocabulary over unchanged
+    capsys.readouterr()
+    copied = tmp_path / "copied.safetensors"
+    copy = ["vocabulary", "--copy-from", str(with_words), "--checkpoint", str(tiny_checkpoint)]
+    assert main([*copy, "--output", str(copied)]) == 0
+    assert capsys.readouterr().out.strip() == vocabulary_id == read_metadata(copied).vocabulary_id
+    assert read_metadata(copied).model_id == read_metadata(tiny_checkpoint).model_id
+    assert main(["vocabulary", "--copy-from", str(tiny_checkpoint), "--output", str(tmp_path / "y")]) == 2
