@@ -61,7 +61,7 @@ class CalibrationReport(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model": "resnet18-p4x128-3fa9a0af1518",
+                    "model": "resnet18-p4x128-14ed7510c52c",
                     "events": 1840,
                     "reviews": 12,
                     "corrected": 31,

@@ -39,7 +39,7 @@ _SIDE_VIEW_RECEIPT: dict[str, Any] = {
     },
     "blocks": [{"position": i, "pallet_id": None, "similarity": None} for i in range(6)],
     "candidates": [],
-    "model": "resnet18-p4x128-3fa9a0af1518",
+    "model": "resnet18-p4x128-14ed7510c52c",
     "detections": [
         {
             "side": 0,

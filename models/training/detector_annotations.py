@@ -1,8 +1,9 @@
 """Reader of annotated side-view datasets (``annotations.jsonl``, as ``palletreid synth-sides`` writes them).
 
 One JSON object per image: ``path`` (relative to the dataset root), ``pallet_id``, ``side``, ``family``,
-``background``, ``width``, ``height`` and ``blocks`` left to right, each with ``position``, ``identity``,
-``box`` (x0, y0, x1, y1 pixels), ``quad`` (top-left, top-right, bottom-right, bottom-left) and ``visible``.
+``background``, ``width``, ``height``, optionally ``aged`` (the blocks are shown aged; absent: new) and
+``blocks`` left to right, each with ``position``, ``identity``, ``box`` (x0, y0, x1, y1 pixels), ``quad``
+(top-left, top-right, bottom-right, bottom-left) and ``visible``.
 Any source of annotated side views (real ones included) can be written in this format.
 """
 
@@ -50,6 +51,7 @@ class AnnotatedView:
     width: int
     height: int
     blocks: tuple[TruthBlock, ...]
+    aged: bool = False
 
 
 class AnnotationError(ValueError):
@@ -81,6 +83,7 @@ def read_annotations(root: Path) -> list[AnnotatedView]:
                         width=int(record["width"]),
                         height=int(record["height"]),
                         blocks=tuple(TruthBlock.from_dict(block) for block in record["blocks"]),
+                        aged=bool(record.get("aged", False)),
                     )
                 )
             except (KeyError, TypeError, ValueError) as error:

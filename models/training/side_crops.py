@@ -10,7 +10,6 @@ and pallets shares: passed to ``palletreid train --extra-data``, the crops join 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import multiprocessing
 from collections.abc import Sequence
@@ -21,7 +20,6 @@ from tqdm import tqdm
 
 from models.runtime.detector import CROP_SIZE, Detection, crop_blocks
 from models.runtime.images import load_image_file
-from models.synth.sides.dataset import CONFIG_FILE as SIDES_CONFIG_FILE
 from models.training.data import METADATA_FILE
 from models.training.detector_annotations import AnnotatedView, read_annotations
 
@@ -48,8 +46,8 @@ class SideCropConfig:
             raise ValueError("min_visible must be in [0, 1]")
 
 
-def _crop_view(task: tuple[AnnotatedView, Path, SideCropConfig, bool]) -> list[dict[str, str]]:
-    view, out_dir, config, aged = task
+def _crop_view(task: tuple[AnnotatedView, Path, SideCropConfig]) -> list[dict[str, str]]:
+    view, out_dir, config = task
     blocks = [block for block in view.blocks if block.visible >= config.min_visible]
     if not blocks:
         return []
@@ -73,22 +71,13 @@ def _crop_view(task: tuple[AnnotatedView, Path, SideCropConfig, bool]) -> list[d
                 "camera": SIDE_CAMERA,
                 "frame": f"{view.side:03d}",
                 "block": str(block.position),
-                "aged": "1" if aged else "0",
+                "aged": "1" if view.aged else "0",
                 "family": view.family,
                 "background": view.background,
                 "visible": f"{block.visible:.3f}",
             }
         )
     return rows
-
-
-def _aged(sides_dir: Path) -> bool:
-    """Whether the side-view dataset shows aged blocks (its ``sides.json``, as ``palletreid synth-sides``
-    writes it; other annotated sources without one count as new)."""
-    settings = sides_dir / SIDES_CONFIG_FILE
-    if not settings.is_file():
-        return False
-    return bool(json.loads(settings.read_text(encoding="utf-8")).get("aged", False))
 
 
 def write_side_crops(
@@ -108,8 +97,7 @@ def write_side_crops(
     if metadata.exists() and not overwrite:
         raise FileExistsError(f"{metadata} exists; choose another directory or allow overwriting")
     out_dir.mkdir(parents=True, exist_ok=True)
-    aged = _aged(Path(sides_dir))
-    tasks = [(view, out_dir, config, aged) for view in views]
+    tasks = [(view, out_dir, config) for view in views]
     rows: list[dict[str, str]] = []
     bar = tqdm(total=len(tasks), unit="view", desc="side crops", disable=not progress)
     if workers > 1:

@@ -105,9 +105,14 @@ def test_backbone_learning_rate_multiplier_applies_to_the_trunk_only() -> None:
     assert sum(len(group["params"]) for group in groups.values()) == len(list(model.parameters()))
 
 
-def test_pretrained_and_weights_are_exclusive() -> None:
-    with pytest.raises(TrainingError, match="not both"):
-        TrainConfig(data_dir="d", weights="w.pth", pretrained=True).validate()
+def test_pretrained_weights_and_init_checkpoint_are_exclusive() -> None:
+    for starts in (
+        {"weights": "w.pth", "pretrained": True},
+        {"weights": "w.pth", "init_checkpoint": "model.safetensors"},
+        {"pretrained": True, "init_checkpoint": "model.safetensors"},
+    ):
+        with pytest.raises(TrainingError, match="at most one"):
+            TrainConfig(data_dir="d", **starts).validate()
 
 
 def test_pretrained_resolves_the_cached_verified_file_of_the_arch(

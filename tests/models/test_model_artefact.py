@@ -130,7 +130,7 @@ def test_shipped_checkpoint_carries_its_calibrated_decision_parameters() -> None
     assert metadata.embedding_dim == 512 and metadata.image_size == (96, 160)
     decision = metadata.decision
     assert decision is not None and decision.model_id == metadata.model_id
-    assert decision.thresholds == VotingThresholds(block_threshold=0.7, min_votes=2, score_threshold=0.64)
+    assert decision.thresholds == VotingThresholds(block_threshold=0.6, min_votes=4, score_threshold=0.645)
     assert decision.rule == RuleSettings(
         top_k=50, shortlist_size=30, captures_per_pallet=3, fingerprint_normalisation="l2"
     )
