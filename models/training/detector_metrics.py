@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,16 +105,22 @@ def evaluate_detector(
     return report
 
 
-def _rank1_hits(
+def _rank1_hit_flags(
     queries: np.ndarray, query_ids: Sequence[str], gallery: np.ndarray, gallery_ids: Sequence[str]
-) -> int:
-    """How many queries have their identity at the nearest gallery fingerprint (cosine)."""
+) -> list[bool]:
+    """Per query: is its identity at the nearest gallery fingerprint (cosine)?"""
     if not len(query_ids):
-        return 0
+        return []
     nearest = (queries @ gallery.T).argmax(axis=1)
-    return sum(
-        1 for identity, index in zip(query_ids, nearest, strict=True) if gallery_ids[index] == identity
-    )
+    return [gallery_ids[index] == identity for identity, index in zip(query_ids, nearest, strict=True)]
+
+
+def _rank1_by_family(hits: Sequence[bool], families: Sequence[str], totals: Counter[str]) -> dict[str, float]:
+    """Rank-1 per family: hits of that family over ``totals[family]`` blocks (misses included)."""
+    counts: dict[str, int] = defaultdict(int)
+    for hit, family in zip(hits, families, strict=True):
+        counts[family] += int(hit)
+    return {family: counts[family] / total for family, total in sorted(totals.items()) if total}
 
 
 def identification_from_sides(
@@ -139,26 +145,38 @@ def identification_from_sides(
     detected_images: list[Image.Image] = []
     truth_ids: list[str] = []
     detected_ids: list[str] = []
+    truth_families: list[str] = []
+    detected_families: list[str] = []
     for view in tqdm(views, unit="image", desc="identify", disable=not progress):
         image = load_image_file(view.path)
         truths = [Detection(block.box, 1.0, block.quad) for block in view.blocks]
         truth_images.extend(crop_blocks(image, truths))
         truth_ids.extend(block.identity for block in view.blocks)
+        truth_families.extend(view.family for _ in view.blocks)
         detections = detector.detect(image)
         for detection_index, truth_index, _ in match(detections, [truth.box for truth in truths], 0.5):
             detected_images.append(crop_blocks(image, [detections[detection_index]])[0])
             detected_ids.append(view.blocks[truth_index].identity)
+            detected_families.append(view.family)
     truth_queries = embedder.embed(truth_images)
     detected_queries = embedder.embed(detected_images)
     true_ids = [record.identity for record in query_records]
+    true_families = [record.attributes.get("family", "unknown") for record in query_records]
+    true_hits = _rank1_hit_flags(true_queries, true_ids, gallery, gallery_ids)
+    truth_hits = _rank1_hit_flags(truth_queries, truth_ids, gallery, gallery_ids)
+    detected_hits = _rank1_hit_flags(detected_queries, detected_ids, gallery, gallery_ids)
+    side_blocks = Counter(truth_families)
     return {
         "gallery_blocks": len(gallery_ids),
         "side_view_blocks": len(truth_ids),
-        "rank1_true_crops": _rank1_hits(true_queries, true_ids, gallery, gallery_ids) / max(1, len(true_ids)),
-        "rank1_side_views_truth_quads": _rank1_hits(truth_queries, truth_ids, gallery, gallery_ids)
-        / max(1, len(truth_ids)),
-        "rank1_side_views_detected": _rank1_hits(detected_queries, detected_ids, gallery, gallery_ids)
-        / max(1, len(truth_ids)),
+        "rank1_true_crops": sum(true_hits) / max(1, len(true_ids)),
+        "rank1_side_views_truth_quads": sum(truth_hits) / max(1, len(truth_ids)),
+        "rank1_side_views_detected": sum(detected_hits) / max(1, len(truth_ids)),
+        "by_family": {
+            "rank1_true_crops": _rank1_by_family(true_hits, true_families, Counter(true_families)),
+            "rank1_side_views_truth_quads": _rank1_by_family(truth_hits, truth_families, side_blocks),
+            "rank1_side_views_detected": _rank1_by_family(detected_hits, detected_families, side_blocks),
+        },
         "model": embedder.model_id,
         "detector": detector.metadata.model_id,
     }
