@@ -117,9 +117,7 @@ def _rank1_hit_flags(
 
 def _rank1_by_family(hits: Sequence[bool], families: Sequence[str], totals: Counter[str]) -> dict[str, float]:
     """Rank-1 per family: hits of that family over ``totals[family]`` blocks (misses included)."""
-    counts: dict[str, int] = defaultdict(int)
-    for hit, family in zip(hits, families, strict=True):
-        counts[family] += int(hit)
+    counts = Counter(family for hit, family in zip(hits, families, strict=True) if hit)
     return {family: counts[family] / total for family, total in sorted(totals.items()) if total}
 
 

@@ -131,7 +131,7 @@ def initialise_from_checkpoint(model: PCB, path: Path) -> None:
             f"init_checkpoint {path} is {found} (arch, parts, part dim, part axis, last stride) but this run "
             f"builds {expected}; set the same architecture"
         )
-    missing, _classifiers = model.load_state_dict(source.state_dict(), strict=False)
+    missing, _unexpected = model.load_state_dict(source.state_dict(), strict=False)
     if missing and not all(key.startswith("classifiers.") for key in missing):
         raise TrainingError(f"init_checkpoint {path} lacks weights of this network: {missing[:3]}")
     logger.info("fine-tuning from %s (%s)", path, metadata.model_id)
