@@ -155,7 +155,12 @@ async def _record(
         with timed(Stage.DECODE):
             blobs, images = await _load_blocks(blocks or [], settings)
         sent, images_field = blobs, "blocks"
-    analysis = await embedder.analyse(images, config.geometry.extractor)
+    geometry = config.geometry
+    analysis = await embedder.analyse(
+        images,
+        geometry.extractor,
+        query_extractor=geometry.side_view_extractor if side_views is not None else None,
+    )
     if idempotency_key is not None:
         details = details.with_idempotency_key(idempotency_key, kind, sent, images_field=images_field)
     result = await run_in_threadpool(

@@ -15,7 +15,6 @@ before anything is stored (:class:`BlocksNotFoundError`).
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,15 +27,11 @@ from app.matching.schemas import DetectedBlock, SideDetections
 from app.metrics.stages import Stage, timed
 from app.model_runner import ModelRunner
 from app.settings import Settings
-from models.runtime.detector import Detection, crop_blocks
+from models.runtime.detector import Detection, crop_blocks, encode_crop, used_detections
 from models.runtime.images import decode_image, read_limited
 
 MAX_SIDES = 2
 """A Euro pallet has two long sides."""
-BLOCKS_PER_SIDE = 3
-"""Blocks on a long side: at most this many detections of a side become blocks."""
-CROP_JPEG_QUALITY = 95
-"""Quality of the crops as stored block images (and as the fingerprint model sees them)."""
 
 
 class BlocksNotFoundError(InvalidRequestError):
@@ -124,21 +119,13 @@ def _load_side(side: UploadFile, index: int, settings: Settings) -> tuple[bytes,
         return blob, decode_image(blob, max_pixels=settings.max_image_pixels, name=name)
 
 
-def used_detections(detections: Sequence[Detection]) -> list[Detection]:
-    """The ``BLOCKS_PER_SIDE`` most confident detections, kept in their left-to-right order."""
-    kept = {id(d) for d in sorted(detections, key=lambda d: -d.confidence)[:BLOCKS_PER_SIDE]}
-    return [detection for detection in detections if id(detection) in kept]
-
-
 def _crops_as_uploads(
     image: Image.Image, detections: Sequence[Detection], side: int, settings: Settings
 ) -> list[tuple[bytes, Image.Image]]:
     """Each detection's crop encoded as a JPEG block image and decoded back, as an upload of it would be."""
     uploads = []
     for offset, crop in enumerate(crop_blocks(image, detections)):
-        buffer = io.BytesIO()
-        crop.save(buffer, format="JPEG", quality=CROP_JPEG_QUALITY)
-        blob = buffer.getvalue()
+        blob = encode_crop(crop)
         with image_errors_as_domain_errors():
             decoded = decode_image(
                 blob, max_pixels=settings.max_image_pixels, name=f"sides[{side}] block {offset}"

@@ -54,6 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="fingerprint model for --identify (default: the shipped one)",
     )
+    parser.add_argument(
+        "--impostors",
+        type=int,
+        default=8,
+        help="with --identify: also the geometric stage's figures (pallets in the matched and review bands "
+        "from cam_2 crops and from side views, impostor inliers), each query matched with this many other "
+        "pallets; 0 skips them",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument(
         "--sheet",
@@ -75,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.images and args.evaluate is None:
         logger.error("give at least one IMAGE or --evaluate DATA")
+        return 2
+    if args.impostors < 0:
+        logger.error("--impostors must not be negative")
         return 2
     try:
         detector = BlockDetector.load(args.detector, num_threads=args.threads)
@@ -100,9 +111,17 @@ def run(args: argparse.Namespace) -> int:
             from models.training.detector_metrics import identification_from_sides
 
             embedder = Embedder.load(args.checkpoint)
-            report["identification"] = identification_from_sides(
-                detector, embedder, views, read_dataset(args.identify)
-            )
+            true_crops = read_dataset(args.identify)
+            report["identification"] = identification_from_sides(detector, embedder, views, true_crops)
+            if args.impostors > 0:
+                from models.evaluation.side_views import verification_from_sides
+                from models.runtime.voting import GeometryParameters
+
+                decision = embedder.metadata.decision
+                geometry = decision.geometry if decision is not None else GeometryParameters()
+                report["verification"] = verification_from_sides(
+                    detector, views, true_crops, geometry, impostors=args.impostors
+                )
         path = args.out / "detection_report.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps({key: value for key, value in report.items() if key != "groups"}, indent=2))

@@ -13,6 +13,7 @@ neither loader accepts the other's files.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -44,6 +45,10 @@ CORNER_UNIT = 16.0
 """Corner offsets are predicted in units of this many input pixels (keeps the regression targets near 1)."""
 CROP_SIZE: tuple[int, int] = (280, 175)
 """(width, height) of block crops: the block captures' size."""
+BLOCKS_PER_SIDE = 3
+"""Blocks on a pallet's long side: at most this many detections of a side view become blocks."""
+CROP_JPEG_QUALITY = 95
+"""Quality of block crops encoded as block images (what the service stores and fingerprints)."""
 
 Box = tuple[float, float, float, float]
 Quad = tuple[tuple[float, float], ...]
@@ -364,6 +369,19 @@ def crop_blocks(
             )
         crops.append(crop)
     return crops
+
+
+def used_detections(detections: Sequence[Detection]) -> list[Detection]:
+    """The ``BLOCKS_PER_SIDE`` most confident detections of a side view, kept in their left-to-right order."""
+    kept = {id(d) for d in sorted(detections, key=lambda d: -d.confidence)[:BLOCKS_PER_SIDE]}
+    return [detection for detection in detections if id(detection) in kept]
+
+
+def encode_crop(crop: Image.Image) -> bytes:
+    """A block crop as the JPEG block image a camera station would have uploaded."""
+    buffer = io.BytesIO()
+    crop.save(buffer, format="JPEG", quality=CROP_JPEG_QUALITY)
+    return buffer.getvalue()
 
 
 def save_detector(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.runtime.local_features import DESCRIPTOR_BYTES, LocalFeatures, extract
+from models.runtime.local_features import DESCRIPTOR_BYTES, ExtractorSettings, LocalFeatures, extract
 from models.runtime.visual_words import SparseWords
 from models.runtime.voting import (
     Decision,
@@ -413,6 +413,7 @@ def test_an_empty_gallery_is_new() -> None:
         lambda: GeometryParameters(captures_checked=0),
         lambda: GeometryParameters(min_margin=-1),
         lambda: GeometryParameters(review_inliers=200, match_inliers=150),
+        lambda: GeometryParameters(side_view_extractor=ExtractorSettings(working_long_side=480)),
     ],
 )
 def test_invalid_geometry_parameters_are_refused(make: Callable[[], object]) -> None:

@@ -1,0 +1,213 @@
+"""Pallets identified from side views by the geometric stage, against the same pallets from block crops.
+
+Block rank-1 (``models.training.detector_metrics.identification_from_sides``) says whether the network finds
+a side-view block; whether the *pallet* is matched is decided by the geometric stage's bands (inliers summed
+over its blocks). This module measures that stage on annotated side views and the block crops of the same
+pallets: the gallery is each pallet's ``gallery_camera`` crops with the stored features
+(``geometry.extractor``); queries are the other camera's crops, and the blocks the detector finds in the
+side views, cut out and JPEG-encoded as the service does (``used_detections``, ``crop_blocks``,
+``encode_crop``), their features extracted as stored and with ``geometry.side_view_extractor``.
+
+Genuine sums pair each query block with its true stored block; impostor sums pair a query with another
+pallet's capture block to block so that the inliers are as large as they can be (assignment over the 6 x 6
+inlier matrix), a conservative stand-in for the network's pairing. The matched share uses the band's sum
+and confirmed-blocks conditions; the margin over the runner-up is not modelled.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+from tqdm import tqdm
+
+from models.evaluation.verified import distribution
+from models.runtime.detector import (
+    BlockDetector,
+    box_iou,
+    crop_blocks,
+    encode_crop,
+    used_detections,
+)
+from models.runtime.images import load_image_file
+from models.runtime.local_features import LocalFeatures, count_inliers, extract
+from models.runtime.voting import GeometryParameters
+from models.training.data import BlockImageRecord
+from models.training.detector_annotations import AnnotatedView
+
+MIN_IOU = 0.5
+"""A detection stands for the true block it overlaps at least this much (else it is left out)."""
+
+QueryBlocks = dict[int, LocalFeatures]
+"""Features of a query's blocks by true position."""
+
+
+@dataclass(frozen=True)
+class _Pallet:
+    family: str
+    gallery: QueryBlocks
+    true_crops: QueryBlocks
+    side_crops: dict[int, Image.Image]
+
+
+def verification_from_sides(
+    detector: BlockDetector,
+    views: Sequence[AnnotatedView],
+    crops: Sequence[BlockImageRecord],
+    geometry: GeometryParameters,
+    *,
+    gallery_camera: str = "cam_1",
+    query_camera: str = "cam_2",
+    impostors: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Matched and review shares of known pallets and impostor sums, per kind of query and per family.
+
+    Kinds: ``true_crops`` (``query_camera``), ``side_views_as_stored`` (side-view blocks extracted like stored
+    blocks) and ``side_views`` (extracted with ``geometry.side_view_extractor``, what the service does).
+    ``impostors`` other pallets (drawn with ``seed``) are matched with each query.
+    """
+    pallets = _read_pallets(detector, views, crops, geometry, gallery_camera, query_camera, progress)
+    if len(pallets) < 2:
+        raise ValueError("side-view verification needs at least two pallets with side views and crops")
+    kinds = {
+        "true_crops": {name: pallet.true_crops for name, pallet in pallets.items()},
+        "side_views_as_stored": _side_features(pallets, geometry, stored=True),
+        "side_views": _side_features(pallets, geometry, stored=False),
+    }
+    names = sorted(pallets)
+    draw = random.Random(seed)
+    opponents = {
+        name: draw.sample([other for other in names if other != name], min(impostors, len(names) - 1))
+        for name in names
+    }
+    report: dict[str, Any] = {
+        "pallets": len(names),
+        "impostors_per_query": min(impostors, len(names) - 1),
+        "bands": {
+            "match_inliers": geometry.match_inliers,
+            "match_blocks": geometry.match_blocks,
+            "block_inliers": geometry.block_inliers,
+            "review_inliers": geometry.review_inliers,
+        },
+        "extractors": {
+            "stored": geometry.extractor.max_features,
+            "side_view_queries": geometry.side_view_extractor.max_features,
+        },
+    }
+    for kind, queries in kinds.items():
+        genuine: dict[str, tuple[int, ...]] = {}
+        impostor: dict[str, list[int]] = {}
+        for name in tqdm(names, unit="pallet", desc=kind, disable=not progress):
+            query, stored = queries[name], pallets[name].gallery
+            genuine[name] = tuple(
+                count_inliers(query[position], stored[position], geometry.matcher)
+                for position in sorted(query)
+                if position in stored
+            )
+            impostor[name] = [
+                _best_pairing_inliers(query, pallets[other].gallery, geometry) for other in opponents[name]
+            ]
+        families = sorted({pallet.family for pallet in pallets.values()})
+        report[kind] = {
+            **_figures(names, genuine, impostor, geometry),
+            "by_family": {
+                family: _figures(
+                    [name for name in names if pallets[name].family == family], genuine, impostor, geometry
+                )
+                for family in families
+            },
+        }
+    return report
+
+
+def _read_pallets(
+    detector: BlockDetector,
+    views: Sequence[AnnotatedView],
+    crops: Sequence[BlockImageRecord],
+    geometry: GeometryParameters,
+    gallery_camera: str,
+    query_camera: str,
+    progress: bool,
+) -> dict[str, _Pallet]:
+    """Pallets with gallery crops, query crops and at least one side-view block found by the detector."""
+    by_pallet: dict[str, dict[str, QueryBlocks]] = defaultdict(lambda: defaultdict(dict))
+    families: dict[str, str] = {}
+    for record in tqdm(crops, unit="crop", desc="crops", disable=not progress):
+        if record.camera in (gallery_camera, query_camera) and record.position is not None:
+            features = extract(load_image_file(record.path), geometry.extractor)
+            by_pallet[record.pallet][record.camera][record.position] = features
+            families[record.pallet] = record.attributes.get("family", "unknown")
+    side_crops: dict[str, dict[int, Image.Image]] = defaultdict(dict)
+    for view in tqdm(views, unit="image", desc="detect", disable=not progress):
+        image = load_image_file(view.path)
+        found = used_detections(detector.detect(image))
+        for detection, crop in zip(found, crop_blocks(image, found), strict=True):
+            truth = max(view.blocks, key=lambda block: box_iou(detection.box, block.box), default=None)
+            if truth is not None and box_iou(detection.box, truth.box) >= MIN_IOU:
+                side_crops[view.pallet_id][truth.position] = Image.open(io.BytesIO(encode_crop(crop)))
+    return {
+        name: _Pallet(
+            family=families[name],
+            gallery=cameras[gallery_camera],
+            true_crops=cameras[query_camera],
+            side_crops=side_crops[name],
+        )
+        for name, cameras in by_pallet.items()
+        if cameras[gallery_camera] and cameras[query_camera] and side_crops.get(name)
+    }
+
+
+def _side_features(
+    pallets: Mapping[str, _Pallet], geometry: GeometryParameters, *, stored: bool
+) -> dict[str, QueryBlocks]:
+    extractor = geometry.extractor if stored else geometry.side_view_extractor
+    return {
+        name: {position: extract(crop, extractor) for position, crop in pallet.side_crops.items()}
+        for name, pallet in pallets.items()
+    }
+
+
+def _best_pairing_inliers(query: QueryBlocks, stored: QueryBlocks, geometry: GeometryParameters) -> int:
+    """Inliers summed over the one-to-one block pairing that makes them largest."""
+    matrix = np.array(
+        [
+            [count_inliers(query[block], stored[other], geometry.matcher) for other in sorted(stored)]
+            for block in sorted(query)
+        ]
+    )
+    rows, columns = linear_sum_assignment(-matrix)
+    return int(matrix[rows, columns].sum())
+
+
+def _figures(
+    names: Sequence[str],
+    genuine: Mapping[str, tuple[int, ...]],
+    impostor: Mapping[str, Sequence[int]],
+    geometry: GeometryParameters,
+) -> dict[str, Any]:
+    sums = [sum(genuine[name]) for name in names]
+    matched = [
+        sum(genuine[name]) >= geometry.match_inliers
+        and sum(count >= geometry.block_inliers for count in genuine[name]) >= geometry.match_blocks
+        for name in names
+    ]
+    review = [not hit and total >= geometry.review_inliers for hit, total in zip(matched, sums, strict=True)]
+    impostor_sums = [value for name in names for value in impostor[name]]
+    return {
+        "pallets": len(names),
+        "matched": sum(matched) / len(names) if names else float("nan"),
+        "review": sum(review) / len(names) if names else float("nan"),
+        "genuine_inliers": distribution(sums),
+        "impostor_inliers": distribution(impostor_sums),
+        "impostors_in_review_band": sum(value >= geometry.review_inliers for value in impostor_sums),
+        "impostors_in_match_band": sum(value >= geometry.match_inliers for value in impostor_sums),
+    }

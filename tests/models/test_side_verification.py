@@ -1,0 +1,78 @@
+"""The geometric stage measured on side views (``models.evaluation.side_views``), with the shipped detector
+and decision parameters on rendered pallets of both families."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cli import main
+from models.evaluation.side_views import verification_from_sides
+from models.runtime.detector import BlockDetector
+from models.runtime.inference import Embedder
+from models.runtime.voting import GeometryParameters
+from models.synth import SynthConfig, generate_dataset
+from models.synth.sides import SideConfig, generate_sides
+from models.training.data import read_dataset
+from models.training.detector_annotations import read_annotations
+
+FAMILIES = ("chipsplat", "flakepress")
+KINDS = ("true_crops", "side_views_as_stored", "side_views")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two pallets of each family: both side views, and block crops from two cameras (same identities)."""
+    root = tmp_path_factory.mktemp("side-verification")
+    generate_sides(root / "sides", SideConfig(pallets=2, seed=5, families=FAMILIES), progress=False)
+    generate_dataset(
+        root / "crops", SynthConfig(pallets=2, seed=5, cameras=2, frames=1, families=FAMILIES), progress=False
+    )
+    return root
+
+
+def test_known_pallets_and_impostors_per_kind_of_query(rendered: Path) -> None:
+    decision = Embedder.load(num_threads=1).metadata.decision
+    geometry = decision.geometry if decision is not None else GeometryParameters()
+    report = verification_from_sides(
+        BlockDetector.load(num_threads=1),
+        read_annotations(rendered / "sides"),
+        read_dataset(rendered / "crops"),
+        geometry,
+        impostors=2,
+        progress=False,
+    )
+    assert (report["pallets"], report["impostors_per_query"]) == (4, 2)
+    assert report["extractors"] == {
+        "stored": geometry.extractor.max_features,
+        "side_view_queries": geometry.side_view_extractor.max_features,
+    }
+    for kind in KINDS:
+        figures: dict[str, Any] = report[kind]
+        assert figures["genuine_inliers"]["n"] == 4 and figures["impostor_inliers"]["n"] == 8
+        assert {family: part["pallets"] for family, part in figures["by_family"].items()} == dict.fromkeys(
+            FAMILIES, 2
+        )
+        assert figures["matched"] + figures["review"] <= 1.0
+        assert figures["impostors_in_match_band"] == 0, f"{kind}: an impostor reached the match band"
+    # Crops of a block camera are the easy case: every known pallet lies far inside the match band.
+    crops = report["true_crops"]
+    assert crops["matched"] == 1.0
+    assert crops["genuine_inliers"]["min"] > 2 * crops["impostor_inliers"]["max"]
+    # The side-view extractor finds more of the stored corners than extracting side views as stored.
+    side, as_stored = report["side_views"], report["side_views_as_stored"]
+    assert side["genuine_inliers"]["median"] > as_stored["genuine_inliers"]["median"]
+
+
+def test_the_cli_adds_the_geometric_figures_to_the_report(rendered: Path, tmp_path: Path) -> None:
+    arguments = ["detect", "--evaluate", str(rendered / "sides"), "--identify", str(rendered / "crops")]
+    assert main([*arguments, "--out", str(tmp_path / "a"), "--impostors", "1", "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "a" / "detection_report.json").read_text())
+    assert report["verification"]["impostors_per_query"] == 1
+    assert set(KINDS) <= set(report["verification"])
+    assert main([*arguments, "--out", str(tmp_path / "b"), "--impostors", "0", "--threads", "1"]) == 0
+    assert "verification" not in json.loads((tmp_path / "b" / "detection_report.json").read_text())
+    assert main([*arguments, "--out", str(tmp_path / "c"), "--impostors", "-1"]) == 2
