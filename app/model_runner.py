@@ -102,17 +102,9 @@ class BlockAnalysis:
     fingerprints: np.ndarray
     """Unit rows (blocks, embedding dim), float32."""
     features: list[LocalFeatures]
-    """Local features of each block as stored (and the geometric check's, unless ``query_features``)."""
+    """Local features of each block, for the geometric check."""
     words: BlockWords | None = None
     """Their visual words, when the model has a vocabulary (stored, and searched for more candidates)."""
-    query_features: list[LocalFeatures] | None = None
-    """Local features the geometric check uses instead of ``features`` for this query (blocks cut out of
-    side views: ``GeometryParameters.side_view_extractor``); never stored."""
-
-    @property
-    def verification_features(self) -> list[LocalFeatures]:
-        """What this query's blocks are matched with against stored features."""
-        return self.query_features if self.query_features is not None else self.features
 
 
 class ModelRunner:
@@ -218,15 +210,9 @@ class ModelRunner:
         not admission-controlled."""
         return self._executor.submit(self._model.embed, images, self._batch_size).result()
 
-    async def analyse(
-        self,
-        images: Sequence[Image.Image],
-        extractor: ExtractorSettings,
-        query_extractor: ExtractorSettings | None = None,
-    ) -> BlockAnalysis:
+    async def analyse(self, images: Sequence[Image.Image], extractor: ExtractorSettings) -> BlockAnalysis:
         """Fingerprints and local features (and visual words) of ``images``, computed at the same time,
-        awaited off the loop. With a ``query_extractor`` other than ``extractor``, each block's features are
-        also extracted with it, for the geometric check (:attr:`BlockAnalysis.query_features`).
+        awaited off the loop.
 
         Raises :class:`ModelOverloadedError` at once when ``max_queued`` requests are already admitted. A
         request stays admitted until its forward has finished, even if its client went away meanwhile (one
@@ -236,14 +222,7 @@ class ModelRunner:
         fingerprints = self._admit_and_submit(forward, images, self._batch_size)
         with timed(Stage.FEATURES):
             local = [self._feature_pool.submit(self._local, image, extractor) for image in images]
-            separate = query_extractor if query_extractor != extractor else None
-            query = (
-                [self._feature_pool.submit(extract, image, separate) for image in images]
-                if separate is not None
-                else []
-            )
             blocks = await asyncio.gather(*map(asyncio.wrap_future, local))
-            query_features = await asyncio.gather(*map(asyncio.wrap_future, query))
         vocabulary = self._vocabulary
         return BlockAnalysis(
             fingerprints=await asyncio.wrap_future(fingerprints),
@@ -253,7 +232,6 @@ class ModelRunner:
                 if vocabulary is not None
                 else None
             ),
-            query_features=list(query_features) if separate is not None else None,
         )
 
     def _local(

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         decision = runner.metadata.decision
-        extractor = decision.geometry.extractor if decision is not None else GeometryParameters().extractor
+        geometry = decision.geometry if decision is not None else GeometryParameters()
         url = settings.database_url or stack.enter_context(embedded_postgres(settings.data_dir))
         engine = build_engine(url, pool_size=1)
         stack.callback(engine.dispose)
@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
             ImageStore(settings.image_store_path),
             model_id=runner.model_id,
             embed=runner.embed,
-            extractor=extractor,
+            extractor=geometry.extractor,
+            side_view_extractor=geometry.side_view_extractor,
             batch_size=args.batch_size,
             max_batches=args.max_batches,
             progress=bar,

@@ -102,6 +102,14 @@ class ReindexRepository:
             grouped.setdefault(row.event_id, []).append(row)
         return grouped
 
+    def from_side_views(self, event_ids: Sequence[int]) -> set[int]:
+        """Those of ``event_ids`` whose blocks were cut out of side views (their result names a detector)."""
+        detector = Event.result["detector"].astext
+        rows = self._session.scalars(
+            select(Event.id).where(Event.id.in_(list(event_ids)), detector.is_not(None))
+        )
+        return set(rows)
+
     def current_pallets(self, event_ids: Sequence[int]) -> dict[int, uuid.UUID]:
         rows = self._session.execute(select(Event.id, Event.pallet_id).where(Event.id.in_(list(event_ids))))
         return {event_id: pallet_id for event_id, pallet_id in rows}
@@ -191,14 +199,16 @@ def reindex(
     model_id: str,
     embed: Embed,
     extractor: ExtractorSettings,
+    side_view_extractor: ExtractorSettings,
     batch_size: int = 32,
     max_batches: int | None = None,
     progress: Progress | None = None,
     vocabulary: VisualVocabulary | None = None,
 ) -> ReindexReport:
     """Add fingerprints (and local features, and with a ``vocabulary`` visual words) of ``model_id`` for
-    every event that has stored images and none of its fingerprints yet. ``max_batches`` stops early (the
-    next run resumes)."""
+    every event that has stored images and none of its fingerprints yet; the local features of an event
+    recorded from side views with ``side_view_extractor``, as the service extracts them. ``max_batches``
+    stops early (the next run resumes)."""
     with session_factory() as session:
         total = ReindexRepository(session).count_pending(model_id)
     handled = fingerprinted = added = skipped = batches = 0
@@ -208,6 +218,7 @@ def reindex(
             repository = ReindexRepository(session)
             event_ids = repository.pending_events(model_id, after_id=after_id, limit=batch_size)
             stored = repository.images(event_ids)
+            from_sides = repository.from_side_views(event_ids)
         if not event_ids:
             break
         after_id = event_ids[-1]
@@ -223,7 +234,11 @@ def reindex(
             order = list(decoded)
             flat = [image for event_id in order for image in decoded[event_id]]
             vectors = embed(flat)
-            features = [extract(image, extractor) for image in flat]
+            features = [
+                extract(image, side_view_extractor if event_id in from_sides else extractor)
+                for event_id in order
+                for image in decoded[event_id]
+            ]
             fingerprinted_now, added_now = _write(
                 session_factory, model_id, order, decoded, vectors, features, vocabulary
             )

@@ -156,11 +156,9 @@ async def _record(
             blobs, images = await _load_blocks(blocks or [], settings)
         sent, images_field = blobs, "blocks"
     geometry = config.geometry
-    analysis = await embedder.analyse(
-        images,
-        geometry.extractor,
-        query_extractor=geometry.side_view_extractor if side_views is not None else None,
-    )
+    # blocks cut out of side views: more corners, stored and matched (GeometryParameters.side_view_extractor)
+    extractor = geometry.side_view_extractor if side_views is not None else geometry.extractor
+    analysis = await embedder.analyse(images, extractor)
     if idempotency_key is not None:
         details = details.with_idempotency_key(idempotency_key, kind, sent, images_field=images_field)
     result = await run_in_threadpool(

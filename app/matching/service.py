@@ -205,9 +205,10 @@ class MatchingService:
         embeddings = blocks.fingerprints
         if embeddings.ndim != 2 or 0 in embeddings.shape:
             raise InvalidRequestError(f"expected (blocks, dims) fingerprints, got {embeddings.shape}")
-        for features in (blocks.features, blocks.verification_features):
-            if len(features) != len(embeddings):
-                raise InvalidRequestError(f"{len(embeddings)} fingerprints but {len(features)} feature sets")
+        if len(blocks.features) != len(embeddings):
+            raise InvalidRequestError(
+                f"{len(embeddings)} fingerprints but {len(blocks.features)} feature sets"
+            )
         if blocks.words is not None and len(blocks.words.per_block) != len(embeddings):
             raise InvalidRequestError(
                 f"{len(embeddings)} fingerprints but {len(blocks.words.per_block)} word vectors"
@@ -365,7 +366,7 @@ class MatchingService:
         decision = decide_verified(
             neighbours,
             query_rows,
-            blocks.verification_features,
+            blocks.features,
             {pallet: [c.fingerprints for c in stored] for pallet, stored in captures.items()},
             load_features,
             self._config.thresholds,

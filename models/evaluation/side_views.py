@@ -3,10 +3,10 @@
 Block rank-1 (``models.training.detector_metrics.identification_from_sides``) says whether the network finds
 a side-view block; whether the *pallet* is matched is decided by the geometric stage's bands (inliers summed
 over its blocks). This module measures that stage on annotated side views and the block crops of the same
-pallets: the gallery is each pallet's ``gallery_camera`` crops with the stored features
-(``geometry.extractor``); queries are the other camera's crops, and the blocks the detector finds in the
-side views, cut out and JPEG-encoded as the service does (``used_detections``, ``crop_blocks``,
-``encode_crop``), their features extracted as stored and with ``geometry.side_view_extractor``.
+pallets, both ways: block crops of two cameras (features with ``geometry.extractor``), and the blocks the
+detector finds in the side views, cut out and JPEG-encoded as the service does (``used_detections``,
+``crop_blocks``, ``encode_crop``), their features extracted with ``geometry.side_view_extractor`` as the
+service does and, for comparison, like block images.
 
 Genuine sums pair each query block with its true stored block; impostor sums pair a query with another
 pallet's capture block to block so that the inliers are as large as they can be (assignment over the 6 x 6
@@ -37,7 +37,7 @@ from models.runtime.detector import (
     used_detections,
 )
 from models.runtime.images import load_image_file
-from models.runtime.local_features import LocalFeatures, count_inliers, extract
+from models.runtime.local_features import ExtractorSettings, LocalFeatures, count_inliers, extract
 from models.runtime.voting import GeometryParameters
 from models.training.data import BlockImageRecord
 from models.training.detector_annotations import AnnotatedView
@@ -71,17 +71,25 @@ def verification_from_sides(
 ) -> dict[str, Any]:
     """Matched and review shares of known pallets and impostor sums, per kind of query and per family.
 
-    Kinds: ``true_crops`` (``query_camera``), ``side_views_as_stored`` (side-view blocks extracted like stored
-    blocks) and ``side_views`` (extracted with ``geometry.side_view_extractor``, what the service does).
-    ``impostors`` other pallets (drawn with ``seed``) are matched with each query.
+    Kinds (query against gallery): ``true_crops`` (``query_camera`` crops against ``gallery_camera`` crops);
+    ``side_views`` (side-view blocks with ``geometry.side_view_extractor``, as the service extracts them)
+    against the crops, and ``side_views_as_blocks`` (extracted like block images) for comparison;
+    ``true_crops_against_side_views`` (the reverse: a pallet received from side views, dispatched as crops)
+    and ``..._as_blocks``. ``impostors`` other pallets (drawn with ``seed``) are matched with each query.
     """
     pallets = _read_pallets(detector, views, crops, geometry, gallery_camera, query_camera, progress)
     if len(pallets) < 2:
         raise ValueError("side-view verification needs at least two pallets with side views and crops")
-    kinds = {
-        "true_crops": {name: pallet.true_crops for name, pallet in pallets.items()},
-        "side_views_as_stored": _side_features(pallets, geometry, stored=True),
-        "side_views": _side_features(pallets, geometry, stored=False),
+    crop_queries = {name: pallet.true_crops for name, pallet in pallets.items()}
+    crop_gallery = {name: pallet.gallery for name, pallet in pallets.items()}
+    sides_as_blocks = _side_features(pallets, geometry.extractor)
+    sides = _side_features(pallets, geometry.side_view_extractor)
+    kinds = {  # query, gallery
+        "true_crops": (crop_queries, crop_gallery),
+        "side_views_as_blocks": (sides_as_blocks, crop_gallery),
+        "side_views": (sides, crop_gallery),
+        "true_crops_against_side_views_as_blocks": (crop_queries, sides_as_blocks),
+        "true_crops_against_side_views": (crop_queries, sides),
     }
     names = sorted(pallets)
     draw = random.Random(seed)
@@ -103,18 +111,18 @@ def verification_from_sides(
             "side_view_queries": geometry.side_view_extractor.max_features,
         },
     }
-    for kind, queries in kinds.items():
+    for kind, (queries, gallery) in kinds.items():
         genuine: dict[str, tuple[int, ...]] = {}
         impostor: dict[str, list[int]] = {}
         for name in tqdm(names, unit="pallet", desc=kind, disable=not progress):
-            query, stored = queries[name], pallets[name].gallery
+            query, stored = queries[name], gallery[name]
             genuine[name] = tuple(
                 count_inliers(query[position], stored[position], geometry.matcher)
                 for position in sorted(query)
                 if position in stored
             )
             impostor[name] = [
-                _best_pairing_inliers(query, pallets[other].gallery, geometry) for other in opponents[name]
+                _best_pairing_inliers(query, gallery[other], geometry) for other in opponents[name]
             ]
         families = sorted({pallet.family for pallet in pallets.values()})
         report[kind] = {
@@ -166,10 +174,7 @@ def _read_pallets(
     }
 
 
-def _side_features(
-    pallets: Mapping[str, _Pallet], geometry: GeometryParameters, *, stored: bool
-) -> dict[str, QueryBlocks]:
-    extractor = geometry.extractor if stored else geometry.side_view_extractor
+def _side_features(pallets: Mapping[str, _Pallet], extractor: ExtractorSettings) -> dict[str, QueryBlocks]:
     return {
         name: {position: extract(crop, extractor) for position, crop in pallet.side_crops.items()}
         for name, pallet in pallets.items()

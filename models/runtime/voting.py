@@ -299,16 +299,18 @@ class GeometryParameters:
     side_view_extractor: ExtractorSettings = field(
         default_factory=lambda: ExtractorSettings(max_features=1000)
     )
-    """How the query features of blocks cut out of side views are extracted (stored: ``extractor``). Such a
-    crop is a block of about 110 px upsampled to the working size; its corners sit at coarser scales than a
-    block camera's, so keeping more of them finds the stored corners they share. 150 rendered pallets of
-    both families, side views against their block crops (``palletreid detect --evaluate --identify``): in
-    the matched band 75.3 -> 81.3 % with 1,000 instead of 500, impostor sums (most favourable pairing, 1,200
-    pairs) at most 67 -> 88 against the match band of 130; through the service 69 -> 79 of 96 pallets
-    matched, none wrong. A looser ratio test (0.85) matched as many but lifted impostors more; bicubic crops
-    added about 1 point (not taken: they change the images the network learnt side views from); sharpened
-    crops or features at a smaller working size matched fewer. Same working size as ``extractor``: the
-    points are compared in those pixels."""
+    """How the features of blocks cut out of side views are extracted, to be matched and stored (block
+    images: ``extractor``). Such a crop is a block face of about 110 px upsampled to the working size; its
+    corners sit at coarser scales than a block camera's, so keeping more of them finds more of the corners
+    the other capture shares. 150 rendered pallets of both families (``palletreid detect --evaluate
+    --identify``, most favourable pairing for impostors, 1,200 pairs each): side views against block crops
+    in the matched band 75.3 -> 81.3 % with 1,000 corners instead of 500, impostor sums at most 67 -> 88;
+    block crops against side-view captures 75.3 -> 78.7 %, impostors at most 70 -> 67; side views against
+    side-view captures (probe, aged renders against new ones) impostor sums at most 78: all far below the
+    match band of 130. 1,500 or 2,000 corners: 82.7 %, impostors up to 109 / 111. A looser ratio test
+    (0.85) matched as many but lifted impostors more; bicubic crops added about 1 point (not taken: they
+    change the images the network learnt side views from); sharpened crops or a smaller working size matched
+    fewer. Same working size as ``extractor``: the points are compared in those pixels."""
     matcher: MatcherSettings = field(default_factory=MatcherSettings)
 
     def __post_init__(self) -> None:
@@ -428,7 +430,8 @@ def decide_verified(
     ``captures`` are the stored captures (fingerprint rows) of the shortlisted pallets (see
     :func:`shortlist`), as for :func:`verify`;
     ``query_features[i]`` are the local features of query block ``i`` (extracted with
-    ``geometry.extractor``). Candidates are checked in order of pairing score: each one's best captures
+    ``geometry.extractor``, or ``geometry.side_view_extractor`` for blocks cut out of side views).
+    Candidates are checked in order of pairing score: each one's best captures
     (by pairing score) have their network-paired blocks matched, and the capture with the most inliers is
     the candidate's evidence. ``executor`` runs the block matches of a capture in parallel (OpenCV
     releases the GIL). ``word_candidates`` gives the visual-word candidates (:func:`rank_word_candidates`,

@@ -8,7 +8,6 @@ fingerprints do not matter there.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 from collections.abc import Callable, Iterator
@@ -27,7 +26,6 @@ from app.db.tables import BlockImage, Event, Fingerprint, IdempotencyKey, Pallet
 from app.errors import ConfigurationError
 from app.images.store import ImageStore
 from app.main import create_app
-from app.model_runner import ModelRunner
 from app.settings import Settings
 from models.runtime.detector import (
     BLOCKS_PER_SIDE,
@@ -35,13 +33,9 @@ from models.runtime.detector import (
     DEFAULT_DETECTOR,
     Detection,
     box_iou,
-    crop_blocks,
     load_detector,
     used_detections,
 )
-from models.runtime.inference import Embedder
-from models.runtime.local_features import extract
-from models.runtime.voting import GeometryParameters
 from models.synth.sides import SideView, render_side
 
 FAMILY = "chipsplat"
@@ -329,27 +323,3 @@ def test_an_unusable_detector_refuses_to_start(
         TestClient(create_app(settings)),
     ):
         pass
-
-
-def test_blocks_cut_from_side_views_are_verified_with_their_own_features(tiny_checkpoint: Path) -> None:
-    """The runner extracts a side-view query's blocks twice: as stored (``extractor``) and, for the geometric
-    check, with ``side_view_extractor`` (more corners of the upsampled crop); block uploads only once."""
-    geometry = GeometryParameters()
-    view = side_view(PALLET, 0, "yard", (1280, 720))
-    crops = crop_blocks(view.image(), [Detection(block.box, 1.0, block.quad) for block in view.blocks])
-    runner = ModelRunner(Embedder.load(tiny_checkpoint), max_queued=2)
-    try:
-        sides = asyncio.run(runner.analyse(crops, geometry.extractor, geometry.side_view_extractor))
-        blocks = asyncio.run(runner.analyse(crops, geometry.extractor))
-    finally:
-        runner.close()
-    as_stored = [extract(crop, geometry.extractor).to_bytes() for crop in crops]
-    assert [f.to_bytes() for f in sides.features] == [f.to_bytes() for f in blocks.features] == as_stored
-    assert sides.query_features is not None
-    assert [f.to_bytes() for f in sides.verification_features] == [
-        extract(crop, geometry.side_view_extractor).to_bytes() for crop in crops
-    ]
-    assert all(
-        len(query) > len(stored) for query, stored in zip(sides.query_features, sides.features, strict=True)
-    )
-    assert blocks.query_features is None and blocks.verification_features is blocks.features

@@ -27,6 +27,7 @@ from app.images.reindex import ReindexRepository, ensure_serving_index, reindex
 from app.images.store import ImageStore
 from app.main import create_app
 from app.matching.repository import (
+    FingerprintRepository,
     ensure_hnsw_index,
     hnsw_index_name,
     hnsw_index_valid,
@@ -36,8 +37,11 @@ from app.matching.repository import (
 from app.model_runner import ModelRunner
 from app.settings import Settings
 from models.runtime.checkpoint import CheckpointMetadata, read_metadata, save_checkpoint
+from models.runtime.images import decode_image
+from models.runtime.local_features import extract
 from models.runtime.pcb import build_model
 from models.runtime.voting import GeometryParameters
+from models.synth.sides import render_side
 
 
 @pytest.fixture(scope="module")
@@ -124,24 +128,39 @@ def test_reindex_then_switch_to_a_model_of_another_size_keeps_every_pallet(
         try:
             new_model = runner.model_id
             assert new_model != old_model and runner.embedding_dim == 256
-            extractor = GeometryParameters().extractor
+            geometry = GeometryParameters()
             seen: list[tuple[int, int]] = []
             first = reindex(
                 factory,
                 store,
                 model_id=new_model,
                 embed=runner.embed,
-                extractor=extractor,
+                extractor=geometry.extractor,
+                side_view_extractor=geometry.side_view_extractor,
                 batch_size=2,
                 max_batches=1,
                 progress=lambda done, total: seen.append((done, total)),
             )
             assert (first.events_fingerprinted, first.fingerprints_added) == (2, 6)
             assert seen == [(2, 5)]
-            rest = reindex(factory, store, model_id=new_model, embed=runner.embed, extractor=extractor)
+            rest = reindex(
+                factory,
+                store,
+                model_id=new_model,
+                embed=runner.embed,
+                extractor=geometry.extractor,
+                side_view_extractor=geometry.side_view_extractor,
+            )
             assert (rest.events_fingerprinted, rest.fingerprints_added) == (2, 6)
             assert rest.events_without_images == 1
-            again = reindex(factory, store, model_id=new_model, embed=runner.embed, extractor=extractor)
+            again = reindex(
+                factory,
+                store,
+                model_id=new_model,
+                embed=runner.embed,
+                extractor=geometry.extractor,
+                side_view_extractor=geometry.side_view_extractor,
+            )
             assert (again.events_fingerprinted, again.events_without_images) == (0, 1)
             new_queries = runner.embed([Image.open(io.BytesIO(blob)) for blob in pallets[102]])
         finally:
@@ -175,6 +194,67 @@ def test_reindex_then_switch_to_a_model_of_another_size_keeps_every_pallet(
         old_queries = unit_vectors(seed=7, count=2)
         assert hnsw_index_name(old_model) in generic_search_plan(engine, old_queries, old_model)
         engine.dispose()
+
+
+def test_side_view_captures_keep_their_extractor_when_stored_and_reindexed(
+    fresh_database: FreshDatabase,
+    tiny_checkpoint: Path,
+    second_checkpoint: Path,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    """Blocks cut out of side views get their local features with ``side_view_extractor`` (more corners),
+    block uploads with ``extractor``: as the service stores them, and again when reindexed for a new model."""
+    geometry = GeometryParameters()
+    store = ImageStore(tmp_path / "images")
+    sides = [render_side(0, 990_300, side, "chipsplat", "yard", (1280, 720)).jpeg for side in (0, 1)]
+    with fresh_database() as url:
+        upgrade_to_head(url)
+        engine = create_engine(url)
+        factory = build_session_factory(engine)
+        with TestClient(create_app(make_settings(url, tiny_checkpoint, image_store=store.root))) as app:
+            response = app.post(
+                "/v1/receipts",
+                files=[("sides", (f"side_{i}.jpg", b, "image/jpeg")) for i, b in enumerate(sides)],
+            )
+            assert response.status_code == 201, response.text
+            from_sides = response.json()
+            from_blocks = post(app, "/v1/receipts", noise_blocks(105, count=3))
+        runner = ModelRunner.load(second_checkpoint, num_threads=1)
+        try:
+            reindex(
+                factory,
+                store,
+                model_id=runner.model_id,
+                embed=runner.embed,
+                extractor=geometry.extractor,
+                side_view_extractor=geometry.side_view_extractor,
+            )
+        finally:
+            runner.close()
+        with factory() as session:
+            repository = FingerprintRepository(session)
+            for event, expected in (
+                (from_sides, geometry.side_view_extractor),
+                (from_blocks, geometry.extractor),
+            ):
+                rows = session.scalars(
+                    select(BlockImage)
+                    .where(BlockImage.event_id == event["event_id"])
+                    .order_by(BlockImage.position)
+                ).all()
+                images = [decode_image(store.read(row.sha256) or b"", name="stored block") for row in rows]
+                wanted = [extract(image, expected).to_bytes() for image in images]
+                for model in (from_sides["model"], runner.model_id):
+                    stored = repository.capture_features(event["event_id"], model_id=model)
+                    assert [f.to_bytes() for f in stored if f is not None] == wanted, (
+                        event["event_id"],
+                        model,
+                    )
+            side_features = repository.capture_features(from_sides["event_id"], model_id=runner.model_id)
+        engine.dispose()
+        counts = [len(features) for features in side_features if features is not None]
+        assert len(counts) == 6 and max(counts) > geometry.extractor.max_features, "more corners kept"
 
 
 def test_reindex_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -169,29 +169,6 @@ def test_the_evidence_is_stored_with_the_event(record: Record, session: Session)
     assert [len(features) for features in stored if features is not None] == [len(f) for f in known.features]
 
 
-def test_query_features_verify_the_query_and_the_stored_features_are_kept(
-    record: Record, session: Session
-) -> None:
-    """Side-view queries are verified with their own features (``query_features``), never stored: the
-    decision follows them, and the event stores ``features``."""
-    known, stranger = block_analysis(seed=17), block_analysis(seed=18)
-    pallet = record(EventKind.RECEIPT, known).pallet_id
-    verified_as_known = dataclasses.replace(
-        stranger, fingerprints=known.fingerprints, query_features=known.features
-    )
-    result = record(EventKind.DISPATCH, verified_as_known)
-    assert (result.decision, result.pallet_id) == (MatchDecision.MATCHED, pallet)
-    stored = FingerprintRepository(session).capture_features(result.event_id, model_id=MODEL)
-    assert [f.to_bytes() for f in stored if f is not None] == [f.to_bytes() for f in stranger.features]
-
-    other, its_stranger = block_analysis(seed=19), block_analysis(seed=20)
-    other_pallet = record(EventKind.RECEIPT, other).pallet_id
-    verified_as_stranger = dataclasses.replace(other, query_features=its_stranger.features)
-    refused = record(EventKind.DISPATCH, verified_as_stranger)
-    assert refused.decision is MatchDecision.REGISTERED and refused.pallet_id != other_pallet
-    assert refused.verification is not None and refused.verification.band == "new"
-
-
 def test_a_network_match_on_blocks_without_stored_features_is_flagged_not_merged(
     record: Record, session: Session
 ) -> None:

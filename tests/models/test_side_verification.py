@@ -20,7 +20,13 @@ from models.training.data import read_dataset
 from models.training.detector_annotations import read_annotations
 
 FAMILIES = ("chipsplat", "flakepress")
-KINDS = ("true_crops", "side_views_as_stored", "side_views")
+KINDS = (
+    "true_crops",
+    "side_views_as_blocks",
+    "side_views",
+    "true_crops_against_side_views_as_blocks",
+    "true_crops_against_side_views",
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +68,10 @@ def test_known_pallets_and_impostors_per_kind_of_query(rendered: Path) -> None:
     crops = report["true_crops"]
     assert crops["matched"] == 1.0
     assert crops["genuine_inliers"]["min"] > 2 * crops["impostor_inliers"]["max"]
-    # The side-view extractor finds more of the stored corners than extracting side views as stored.
-    side, as_stored = report["side_views"], report["side_views_as_stored"]
-    assert side["genuine_inliers"]["median"] > as_stored["genuine_inliers"]["median"]
+    # The side-view extractor finds more shared corners than block images' extractor does, both ways.
+    for kind in ("side_views", "true_crops_against_side_views"):
+        side, as_blocks = report[kind], report[f"{kind}_as_blocks"]
+        assert side["genuine_inliers"]["median"] > as_blocks["genuine_inliers"]["median"], kind
 
 
 def test_the_cli_adds_the_geometric_figures_to_the_report(rendered: Path, tmp_path: Path) -> None:
