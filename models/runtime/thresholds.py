@@ -87,8 +87,8 @@ class DecisionParameters:
             f"top-k {r.top_k}, {r.shortlist_size} verified, {r.captures_per_pallet} captures per pallet; "
             f"geometry: {g.candidates_checked} candidates checked, matched >= {g.match_inliers} inliers "
             f"({g.match_blocks} blocks >= {g.block_inliers}, margin {g.min_margin}), "
-            f"review >= {g.review_inliers}, side-view queries with {g.side_view_extractor.max_features} "
-            f"features; visual words: {g.word_candidates_checked} more checked of "
+            f"review >= {g.review_inliers}, {g.side_view_extractor.max_features} ORB corners for blocks "
+            f"cut out of side views; visual words: {g.word_candidates_checked} more checked of "
             f"{g.word_shortlist_size} (top-k {g.word_top_k})"
         )
 
