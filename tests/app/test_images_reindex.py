@@ -3,6 +3,7 @@ fingerprint size, resumably, and after switching the service to it every pallet 
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Callable
@@ -129,38 +130,25 @@ def test_reindex_then_switch_to_a_model_of_another_size_keeps_every_pallet(
             new_model = runner.model_id
             assert new_model != old_model and runner.embedding_dim == 256
             geometry = GeometryParameters()
-            seen: list[tuple[int, int]] = []
-            first = reindex(
+            reindex_new_model = functools.partial(
+                reindex,
                 factory,
                 store,
                 model_id=new_model,
                 embed=runner.embed,
                 extractor=geometry.extractor,
                 side_view_extractor=geometry.side_view_extractor,
-                batch_size=2,
-                max_batches=1,
-                progress=lambda done, total: seen.append((done, total)),
+            )
+            seen: list[tuple[int, int]] = []
+            first = reindex_new_model(
+                batch_size=2, max_batches=1, progress=lambda done, total: seen.append((done, total))
             )
             assert (first.events_fingerprinted, first.fingerprints_added) == (2, 6)
             assert seen == [(2, 5)]
-            rest = reindex(
-                factory,
-                store,
-                model_id=new_model,
-                embed=runner.embed,
-                extractor=geometry.extractor,
-                side_view_extractor=geometry.side_view_extractor,
-            )
+            rest = reindex_new_model()
             assert (rest.events_fingerprinted, rest.fingerprints_added) == (2, 6)
             assert rest.events_without_images == 1
-            again = reindex(
-                factory,
-                store,
-                model_id=new_model,
-                embed=runner.embed,
-                extractor=geometry.extractor,
-                side_view_extractor=geometry.side_view_extractor,
-            )
+            again = reindex_new_model()
             assert (again.events_fingerprinted, again.events_without_images) == (0, 1)
             new_queries = runner.embed([Image.open(io.BytesIO(blob)) for blob in pallets[102]])
         finally:
