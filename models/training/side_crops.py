@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from models.runtime.detector import CROP_SIZE, Detection, crop_blocks
+from models.runtime.detector import CROP_SIZE, Detection, crop_blocks, encode_crop
 from models.runtime.images import load_image_file
 from models.training.data import METADATA_FILE
 from models.training.detector_annotations import AnnotatedView, read_annotations
@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 SIDE_CAMERA = "side"
 """The ``camera`` column of every crop: a side-view station, apart from the block cameras."""
 COLUMNS = ("pallet_id", "path", "camera", "frame", "block", "aged", "family", "background", "visible")
-JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +62,7 @@ def _crop_view(task: tuple[AnnotatedView, Path, SideCropConfig]) -> list[dict[st
         relative = Path("images") / view.pallet_id / f"b{block.position}_{SIDE_CAMERA}_{view.side}.jpg"
         path = out_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        crop.save(path, format="JPEG", quality=JPEG_QUALITY)
+        path.write_bytes(encode_crop(crop))  # the JPEG the service stores and fingerprints
         rows.append(
             {
                 "pallet_id": view.pallet_id,
