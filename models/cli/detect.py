@@ -62,6 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "from cam_2 crops and from side views, impostor inliers), each query matched with this many other "
         "pallets; 0 skips them",
     )
+    parser.add_argument(
+        "--receipt-sides",
+        type=Path,
+        default=None,
+        metavar="DATA",
+        help="with --identify: side views of the same pallets from another station (`palletreid synth-sides "
+        "--station`) stored as their receipts; adds the pallets dispatched from --evaluate's side views "
+        "against them to the geometric figures",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument(
         "--sheet",
@@ -87,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if args.impostors < 0:
         logger.error("--impostors must not be negative")
         return 2
+    if args.receipt_sides is not None and (args.identify is None or args.impostors == 0):
+        logger.error("--receipt-sides needs --identify and --impostors above 0")
+        return 2
     try:
         detector = BlockDetector.load(args.detector, num_threads=args.threads)
     except DetectorError as error:
@@ -99,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             views = read_annotations(args.evaluate)[: args.limit]
+            receipt_views = read_annotations(args.receipt_sides) if args.receipt_sides is not None else []
         except ValueError as error:
             logger.error("%s", error)
             return 2
@@ -120,7 +133,12 @@ def run(args: argparse.Namespace) -> int:
                 decision = embedder.metadata.decision
                 geometry = decision.geometry if decision is not None else GeometryParameters()
                 report["verification"] = verification_from_sides(
-                    detector, views, true_crops, geometry, impostors=args.impostors
+                    detector,
+                    views,
+                    true_crops,
+                    geometry,
+                    impostors=args.impostors,
+                    receipt_views=receipt_views,
                 )
         path = args.out / "detection_report.json"
         path.write_text(json.dumps(report, indent=2) + "\n")

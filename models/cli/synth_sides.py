@@ -44,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--aged", action="store_true", help="show the aged blocks instead of the new ones")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the whole dataset")
+    parser.add_argument(
+        "--station",
+        type=int,
+        default=0,
+        help="camera station: another number renders the same pallets' blocks in scenes of their own (pose, "
+        "load, covers, background, light, sensor), e.g. a dispatch station against a receipt station",
+    )
     parser.add_argument("--width", type=int, default=1280, help="image width in pixels")
     parser.add_argument("--height", type=int, default=720, help="image height in pixels")
     parser.add_argument(
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             aged=args.aged,
             block_width=args.block_width,
             block_height=args.block_height,
+            station=args.station,
         )
     except ValueError as error:
         logger.error("%s", error)

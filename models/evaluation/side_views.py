@@ -8,6 +8,10 @@ detector finds in the side views, cut out and JPEG-encoded as the service does (
 ``crop_blocks``, ``encode_crop``), their features extracted with ``geometry.side_view_extractor`` as the
 service does and, for comparison, like block images.
 
+Given the side views of the same pallets from a second camera station (``receipt_views``: the
+``--station`` of ``palletreid synth-sides``), it also measures a pallet received and dispatched from side
+views, the deployment where no station cuts crops.
+
 Genuine sums pair each query block with its true stored block; impostor sums pair a query with another
 pallet's capture block to block so that the inliers are as large as they can be (assignment over the 6 x 6
 inlier matrix), a conservative stand-in for the network's pairing. The matched share uses the band's sum
@@ -55,6 +59,7 @@ class _Pallet:
     gallery: QueryBlocks
     true_crops: QueryBlocks
     side_crops: dict[int, Image.Image]
+    receipt_side_crops: dict[int, Image.Image]
 
 
 def verification_from_sides(
@@ -67,6 +72,7 @@ def verification_from_sides(
     query_camera: str = "cam_2",
     impostors: int = 8,
     seed: int = 0,
+    receipt_views: Sequence[AnnotatedView] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Matched and review shares of known pallets and impostor sums, per kind of query and per family.
@@ -75,9 +81,13 @@ def verification_from_sides(
     ``side_views`` (side-view blocks with ``geometry.side_view_extractor``, as the service extracts them)
     against the crops, and ``side_views_as_blocks`` (extracted like block images) for comparison;
     ``true_crops_against_side_views`` (the reverse: a pallet received from side views, dispatched as crops)
-    and ``..._as_blocks``. ``impostors`` other pallets (drawn with ``seed``) are matched with each query.
+    and ``..._as_blocks``; with ``receipt_views``, ``side_views_against_side_views`` (``views`` against
+    ``receipt_views``, both extracted as the service does; only pallets with blocks found in both are kept).
+    ``impostors`` other pallets (drawn with ``seed``) are matched with each query.
     """
-    pallets = _read_pallets(detector, views, crops, geometry, gallery_camera, query_camera, progress)
+    pallets = _read_pallets(
+        detector, views, receipt_views, crops, geometry, gallery_camera, query_camera, progress
+    )
     if len(pallets) < 2:
         raise ValueError("side-view verification needs at least two pallets with side views and crops")
     crop_queries = {name: pallet.true_crops for name, pallet in pallets.items()}
@@ -91,6 +101,12 @@ def verification_from_sides(
         "true_crops_against_side_views_as_blocks": (crop_queries, sides_as_blocks),
         "true_crops_against_side_views": (crop_queries, sides),
     }
+    if receipt_views:
+        receipts = {
+            name: _features(pallet.receipt_side_crops, geometry.side_view_extractor)
+            for name, pallet in pallets.items()
+        }
+        kinds["side_views_against_side_views"] = (sides, receipts)
     names = sorted(pallets)
     draw = random.Random(seed)
     opponents = {
@@ -106,6 +122,7 @@ def verification_from_sides(
             "block_inliers": geometry.block_inliers,
             "review_inliers": geometry.review_inliers,
         },
+        "receipt_side_views": bool(receipt_views),
         "extractors": {
             "stored": geometry.extractor.max_features,
             "side_view_queries": geometry.side_view_extractor.max_features,
@@ -140,13 +157,14 @@ def verification_from_sides(
 def _read_pallets(
     detector: BlockDetector,
     views: Sequence[AnnotatedView],
+    receipt_views: Sequence[AnnotatedView],
     crops: Sequence[BlockImageRecord],
     geometry: GeometryParameters,
     gallery_camera: str,
     query_camera: str,
     progress: bool,
 ) -> dict[str, _Pallet]:
-    """Pallets with gallery crops, query crops and at least one side-view block found by the detector."""
+    """Pallets with gallery crops, query crops and side-view blocks found by the detector (in both sets)."""
     by_pallet: dict[str, dict[str, QueryBlocks]] = defaultdict(lambda: defaultdict(dict))
     families: dict[str, str] = {}
     for record in tqdm(crops, unit="crop", desc="crops", disable=not progress):
@@ -154,31 +172,49 @@ def _read_pallets(
             features = extract(load_image_file(record.path), geometry.extractor)
             by_pallet[record.pallet][record.camera][record.position] = features
             families[record.pallet] = record.attributes.get("family", "unknown")
-    side_crops: dict[str, dict[int, Image.Image]] = defaultdict(dict)
-    for view in tqdm(views, unit="image", desc="detect", disable=not progress):
-        image = load_image_file(view.path)
-        found = used_detections(detector.detect(image))
-        for detection, crop in zip(found, crop_blocks(image, found), strict=True):
-            truth = max(view.blocks, key=lambda block: box_iou(detection.box, block.box), default=None)
-            if truth is not None and box_iou(detection.box, truth.box) >= MIN_IOU:
-                side_crops[view.pallet_id][truth.position] = Image.open(io.BytesIO(encode_crop(crop)))
+    side_crops = _detected_blocks(detector, views, "detect", progress)
+    receipt_crops = _detected_blocks(detector, receipt_views, "detect receipts", progress)
     return {
         name: _Pallet(
             family=families[name],
             gallery=cameras[gallery_camera],
             true_crops=cameras[query_camera],
             side_crops=side_crops[name],
+            receipt_side_crops=receipt_crops[name],
         )
         for name, cameras in by_pallet.items()
-        if cameras[gallery_camera] and cameras[query_camera] and side_crops.get(name)
+        if cameras[gallery_camera]
+        and cameras[query_camera]
+        and side_crops.get(name)
+        and (receipt_crops.get(name) or not receipt_views)
     }
+
+
+def _detected_blocks(
+    detector: BlockDetector, views: Sequence[AnnotatedView], desc: str, progress: bool
+) -> defaultdict[str, dict[int, Image.Image]]:
+    """Per pallet, the blocks the detector finds in its side views, cut and encoded as the service does.
+
+    Keyed by the true position of the annotated block a detection overlaps (detections overlapping none are
+    left out).
+    """
+    found_blocks: defaultdict[str, dict[int, Image.Image]] = defaultdict(dict)
+    for view in tqdm(views, unit="image", desc=desc, disable=not progress):
+        image = load_image_file(view.path)
+        found = used_detections(detector.detect(image))
+        for detection, crop in zip(found, crop_blocks(image, found), strict=True):
+            truth = max(view.blocks, key=lambda block: box_iou(detection.box, block.box), default=None)
+            if truth is not None and box_iou(detection.box, truth.box) >= MIN_IOU:
+                found_blocks[view.pallet_id][truth.position] = Image.open(io.BytesIO(encode_crop(crop)))
+    return found_blocks
 
 
 def _side_features(pallets: Mapping[str, _Pallet], extractor: ExtractorSettings) -> dict[str, QueryBlocks]:
-    return {
-        name: {position: extract(crop, extractor) for position, crop in pallet.side_crops.items()}
-        for name, pallet in pallets.items()
-    }
+    return {name: _features(pallet.side_crops, extractor) for name, pallet in pallets.items()}
+
+
+def _features(blocks: Mapping[int, Image.Image], extractor: ExtractorSettings) -> QueryBlocks:
+    return {position: extract(crop, extractor) for position, crop in blocks.items()}
 
 
 def _best_pairing_inliers(query: QueryBlocks, stored: QueryBlocks, geometry: GeometryParameters) -> int:

@@ -26,14 +26,18 @@ KINDS = (
     "side_views",
     "true_crops_against_side_views_as_blocks",
     "true_crops_against_side_views",
+    "side_views_against_side_views",
 )
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two pallets of each family: both side views, and block crops from two cameras (same identities)."""
+    """Two pallets of each family: both side views at two stations, and block crops from two cameras (same
+    identities)."""
     root = tmp_path_factory.mktemp("side-verification")
-    generate_sides(root / "sides", SideConfig(pallets=2, seed=5, families=FAMILIES), progress=False)
+    for station, folder in enumerate(("sides", "receipt-sides")):
+        config = SideConfig(pallets=2, seed=5, families=FAMILIES, station=station)
+        generate_sides(root / folder, config, progress=False)
     generate_dataset(
         root / "crops", SynthConfig(pallets=2, seed=5, cameras=2, frames=1, families=FAMILIES), progress=False
     )
@@ -49,9 +53,11 @@ def test_known_pallets_and_impostors_per_kind_of_query(rendered: Path) -> None:
         read_dataset(rendered / "crops"),
         geometry,
         impostors=2,
+        receipt_views=read_annotations(rendered / "receipt-sides"),
         progress=False,
     )
     assert (report["pallets"], report["impostors_per_query"]) == (4, 2)
+    assert report["receipt_side_views"] is True
     assert report["extractors"] == {
         "stored": geometry.extractor.max_features,
         "side_view_queries": geometry.side_view_extractor.max_features,
@@ -68,6 +74,10 @@ def test_known_pallets_and_impostors_per_kind_of_query(rendered: Path) -> None:
     crops = report["true_crops"]
     assert crops["matched"] == 1.0
     assert crops["genuine_inliers"]["min"] > 2 * crops["impostor_inliers"]["max"]
+    # A pallet received and dispatched from side views at two stations is matched on its own blocks.
+    stations = report["side_views_against_side_views"]
+    assert stations["matched"] == 1.0
+    assert stations["genuine_inliers"]["min"] > stations["impostor_inliers"]["max"]
     # The side-view extractor finds more shared corners than block images' extractor does, both ways.
     for kind in ("side_views", "true_crops_against_side_views"):
         side, as_blocks = report[kind], report[f"{kind}_as_blocks"]
@@ -76,10 +86,14 @@ def test_known_pallets_and_impostors_per_kind_of_query(rendered: Path) -> None:
 
 def test_the_cli_adds_the_geometric_figures_to_the_report(rendered: Path, tmp_path: Path) -> None:
     arguments = ["detect", "--evaluate", str(rendered / "sides"), "--identify", str(rendered / "crops")]
-    assert main([*arguments, "--out", str(tmp_path / "a"), "--impostors", "1", "--threads", "1"]) == 0
+    receipts = ["--receipt-sides", str(rendered / "receipt-sides")]
+    assert (
+        main([*arguments, *receipts, "--out", str(tmp_path / "a"), "--impostors", "1", "--threads", "1"]) == 0
+    )
     report = json.loads((tmp_path / "a" / "detection_report.json").read_text())
     assert report["verification"]["impostors_per_query"] == 1
     assert set(KINDS) <= set(report["verification"])
     assert main([*arguments, "--out", str(tmp_path / "b"), "--impostors", "0", "--threads", "1"]) == 0
     assert "verification" not in json.loads((tmp_path / "b" / "detection_report.json").read_text())
     assert main([*arguments, "--out", str(tmp_path / "c"), "--impostors", "-1"]) == 2
+    assert main([*arguments, *receipts, "--out", str(tmp_path / "d"), "--impostors", "0"]) == 2

@@ -44,15 +44,17 @@ def test_renders_are_deterministic_and_differ_between_sides_and_pallets() -> Non
     assert first.image().size == (320, 180)
 
 
-@pytest.mark.parametrize("family", ["chipsplat", "flakepress"])
-def test_boxes_lie_on_the_blocks_of_the_same_identities_left_to_right(family: str) -> None:
+@pytest.mark.parametrize(("family", "station"), [("chipsplat", 0), ("flakepress", 0), ("flakepress", 1)])
+def test_boxes_lie_on_the_blocks_of_the_same_identities_left_to_right(family: str, station: int) -> None:
     """Each truth quad, rectified, looks like its own block face (from the family generator) more than like
-    the other two blocks of the side; boxes are inside the image and ordered left to right."""
+    the other two blocks of the side, at every station; boxes are inside the image and ordered left to
+    right."""
     generator = get_family(family)
     checked = 0
     for pallet in range(4):
         side = pallet % 2
-        view = render_side(0, pallet, side, family, TRAINING_BACKGROUNDS[pallet % 3], SIZE)
+        background = TRAINING_BACKGROUNDS[pallet % 3]
+        view = render_side(0, pallet, side, family, background, SIZE, station=station)
         assert [block.position for block in view.blocks] == [side * 3, side * 3 + 1, side * 3 + 2]
         assert [block.identity for block in view.blocks] == [
             f"{generator.pallet_id(pallet)}/{side * 3 + index}" for index in range(3)
@@ -75,6 +77,18 @@ def test_boxes_lie_on_the_blocks_of_the_same_identities_left_to_right(family: st
                 assert similarity[index].argmax() == index, similarity
                 checked += 1
     assert checked >= 6
+
+
+def test_another_station_shows_the_same_blocks_in_a_scene_of_its_own() -> None:
+    receipt = render_side(2, 7, 1, "flakepress", "racks", SIZE)
+    assert render_side(2, 7, 1, "flakepress", "racks", SIZE, station=0) == receipt
+    dispatch = render_side(2, 7, 1, "flakepress", "racks", SIZE, station=1)
+    assert [block.identity for block in dispatch.blocks] == [block.identity for block in receipt.blocks]
+    assert dispatch.jpeg != receipt.jpeg
+    assert [block.box for block in dispatch.blocks] != [block.box for block in receipt.blocks]
+    assert render_side(2, 7, 1, "flakepress", "racks", SIZE, station=2).jpeg != dispatch.jpeg
+    with pytest.raises(ValueError, match="station"):
+        render_side(2, 7, 1, "flakepress", "racks", SIZE, station=-1)
 
 
 def test_aged_views_show_the_aged_blocks() -> None:
@@ -137,3 +151,19 @@ def test_synth_sides_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert view.background == HELD_OUT_BACKGROUND
     assert main(["synth-sides", str(out), "--pallets", "1"]) == 1  # exists
     assert main(["synth-sides", str(tmp_path / "x"), "--pallets", "1", "--backgrounds", "moon"]) == 2
+    station = [
+        str(tmp_path / "dispatch"),
+        "--pallets",
+        "1",
+        "--sides",
+        "1",
+        "--width",
+        "192",
+        "--height",
+        "108",
+    ]
+    assert main(["synth-sides", *station, "--backgrounds", HELD_OUT_BACKGROUND, "--station", "1"]) == 0
+    assert json.loads((tmp_path / "dispatch" / "sides.json").read_text())["station"] == 1
+    (dispatch,) = read_annotations(tmp_path / "dispatch")
+    assert dispatch.path.read_bytes() != view.path.read_bytes()
+    assert main(["synth-sides", str(tmp_path / "y"), "--pallets", "1", "--station", "-1"]) == 2

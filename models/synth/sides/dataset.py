@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from models.synth.registry import DEFAULT_FAMILY, get_family
 from models.synth.seeding import derive_rng
-from models.synth.sides.render import BLOCK_SIZE, SIDES_KEY, SideView, render_side
+from models.synth.sides.render import BLOCK_SIZE, SIDES_KEY, SideView, render_side, station_keys
 from models.synth.sides.scene import BACKGROUNDS, TRAINING_BACKGROUNDS
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ class SideConfig:
     """Everything that determines a side-view dataset; equal configs give byte-identical files.
 
     ``block_width``/``block_height`` must equal a crop dataset's ``--width``/``--height`` (and ``seed`` its
-    seed) for the side views to show the same blocks as its crops.
+    seed) for the side views to show the same blocks as its crops. Datasets that differ only in ``station``
+    show the same pallets at two camera stations (receipt and dispatch): same blocks, scenes of their own.
     """
 
     pallets: int
@@ -42,12 +43,13 @@ class SideConfig:
     aged: bool = False
     block_width: int = BLOCK_SIZE[0]
     block_height: int = BLOCK_SIZE[1]
+    station: int = 0
 
     def __post_init__(self) -> None:
         if self.pallets < 1 or self.sides not in (1, 2):
             raise ValueError("pallets must be at least 1 and sides 1 or 2")
-        if self.first_pallet < 0 or self.seed < 0:
-            raise ValueError("first_pallet and seed must not be negative")
+        if self.first_pallet < 0 or self.seed < 0 or self.station < 0:
+            raise ValueError("first_pallet, seed and station must not be negative")
         if self.width < 64 or self.height < 36:
             raise ValueError("side views must be at least 64x36 pixels")
         for family in self.families:
@@ -63,7 +65,9 @@ class SideConfig:
 
 def background_of(config: SideConfig, family: str, pallet_index: int, side: int) -> str:
     """The station background of one view, drawn from the config's backgrounds by its own stream."""
-    stream = derive_rng(config.seed, SIDES_KEY, TAG_CHOICE, pallet_index, side, len(family))
+    stream = derive_rng(
+        config.seed, SIDES_KEY, TAG_CHOICE, pallet_index, side, len(family), *station_keys(config.station)
+    )
     return config.backgrounds[int(stream.integers(len(config.backgrounds)))]
 
 
@@ -79,6 +83,7 @@ def render_views(config: SideConfig, family: str, pallet_index: int) -> list[Sid
             (config.width, config.height),
             aged=config.aged,
             block_size=(config.block_width, config.block_height),
+            station=config.station,
         )
         for side in range(config.sides)
     ]

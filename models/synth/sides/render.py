@@ -86,6 +86,11 @@ class SideView:
         }
 
 
+def station_keys(station: int) -> tuple[int, ...]:
+    """Extra stream keys of a camera station; station 0 has none and keeps the scenes of earlier datasets."""
+    return (station,) if station else ()
+
+
 def _family_key(family: str) -> int:
     return sum(ord(char) << (8 * index) for index, char in enumerate(family[:4]))
 
@@ -179,15 +184,24 @@ def render_side(
     *,
     aged: bool = False,
     block_size: tuple[int, int] = BLOCK_SIZE,
+    station: int = 0,
 ) -> SideView:
-    """Side ``side`` (0: blocks 0-2, 1: blocks 3-5) of pallet ``pallet_index``; deterministic."""
+    """Side ``side`` (0: blocks 0-2, 1: blocks 3-5) of pallet ``pallet_index``; deterministic.
+
+    Another ``station`` shows the same blocks in a scene of its own (camera pose, load, covers, background,
+    light, blur, noise, JPEG quality), as a second camera station photographing the pallet would.
+    """
     if side not in (0, 1):
         raise ValueError("side must be 0 or 1")
+    if station < 0:
+        raise ValueError("station must not be negative")
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; choose from {', '.join(BACKGROUNDS)}")
     generator = get_family(family)
     width, height = size
-    rng = derive_rng(seed, SIDES_KEY, TAG_SCENE, _family_key(family), pallet_index, side)
+    rng = derive_rng(
+        seed, SIDES_KEY, TAG_SCENE, _family_key(family), pallet_index, side, *station_keys(station)
+    )
     faces = []
     positions = [side * geo.BLOCKS_PER_SIDE + index for index in range(geo.BLOCKS_PER_SIDE)]
     for position in positions:
@@ -216,7 +230,9 @@ def render_side(
     floor_line = int(
         np.clip(bottom[:2, 1].mean() - rng.uniform(0.0, 1.5) * pallet_rows, 0.1 * height, height - 5)
     )
-    style = derive_rng(seed, SIDES_KEY, TAG_BACKGROUND, _family_key(family), pallet_index, side)
+    style = derive_rng(
+        seed, SIDES_KEY, TAG_BACKGROUND, _family_key(family), pallet_index, side, *station_keys(station)
+    )
     image = BACKGROUNDS[background](style, size, floor_line)
     clutter(image, style)
 
