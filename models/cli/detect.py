@@ -71,6 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--station`) stored as their receipts; adds the pallets dispatched from --evaluate's side views "
         "against them to the geometric figures",
     )
+    parser.add_argument(
+        "--side-scale-width",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="with --identify: also match block images at the scale of a side-view block, shrunk to a face "
+        "this many pixels wide and back (1280 x 720 side views: median face 105 px), both ways; 0 skips",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument(
         "--sheet",
@@ -96,8 +104,13 @@ def run(args: argparse.Namespace) -> int:
     if args.impostors < 0:
         logger.error("--impostors must not be negative")
         return 2
-    if args.receipt_sides is not None and (args.identify is None or args.impostors == 0):
-        logger.error("--receipt-sides needs --identify and --impostors above 0")
+    if (args.receipt_sides is not None or args.side_scale_width) and (
+        args.identify is None or args.impostors == 0
+    ):
+        logger.error("--receipt-sides and --side-scale-width need --identify and --impostors above 0")
+        return 2
+    if args.side_scale_width < 0:
+        logger.error("--side-scale-width must not be negative")
         return 2
     try:
         detector = BlockDetector.load(args.detector, num_threads=args.threads)
@@ -139,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
                     geometry,
                     impostors=args.impostors,
                     receipt_views=receipt_views,
+                    side_scale_width=args.side_scale_width,
                 )
         path = args.out / "detection_report.json"
         path.write_text(json.dumps(report, indent=2) + "\n")

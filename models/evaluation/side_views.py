@@ -8,6 +8,11 @@ detector finds in the side views, cut out and JPEG-encoded as the service does (
 ``crop_blocks``, ``encode_crop``), their features extracted with ``geometry.side_view_extractor`` as the
 service does and, for comparison, like block images.
 
+With ``side_scale_width``, block images are also matched at the scale of a side-view block: shrunk to a face
+that many pixels wide and enlarged back before their features are extracted like a side-view block's
+(``at_side_view_scale``), both ways. That is a candidate design, measured here before the service has it:
+corners found at one scale on both sides match more often than a sharp crop's and a blurred face's.
+
 Given the side views of the same pallets from a second camera station (``receipt_views``: the
 ``--station`` of ``palletreid synth-sides``), it also measures a pallet received and dispatched from side
 views, the deployment where no station cuts crops.
@@ -58,6 +63,8 @@ class _Pallet:
     family: str
     gallery: QueryBlocks
     true_crops: QueryBlocks
+    gallery_at_side_scale: QueryBlocks
+    true_crops_at_side_scale: QueryBlocks
     side_crops: dict[int, Image.Image]
     receipt_side_crops: dict[int, Image.Image]
 
@@ -73,6 +80,7 @@ def verification_from_sides(
     impostors: int = 8,
     seed: int = 0,
     receipt_views: Sequence[AnnotatedView] = (),
+    side_scale_width: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Matched and review shares of known pallets and impostor sums, per kind of query and per family.
@@ -82,11 +90,22 @@ def verification_from_sides(
     against the crops, and ``side_views_as_blocks`` (extracted like block images) for comparison;
     ``true_crops_against_side_views`` (the reverse: a pallet received from side views, dispatched as crops)
     and ``..._as_blocks``; with ``receipt_views``, ``side_views_against_side_views`` (``views`` against
-    ``receipt_views``, both extracted as the service does; only pallets with blocks found in both are kept).
-    ``impostors`` other pallets (drawn with ``seed``) are matched with each query.
+    ``receipt_views``, both extracted as the service does; only pallets with blocks found in both are kept);
+    with ``side_scale_width``, ``side_views_against_crops_at_side_scale`` and
+    ``crops_at_side_scale_against_side_views``. ``impostors`` other pallets (drawn with ``seed``) are
+    matched with each query.
     """
+    if side_scale_width < 0:
+        raise ValueError("side_scale_width must not be negative")
     pallets = _read_pallets(
-        detector, views, receipt_views, crops, geometry, gallery_camera, query_camera, progress
+        detector,
+        views,
+        receipt_views,
+        crops,
+        geometry,
+        (gallery_camera, query_camera),
+        side_scale_width,
+        progress,
     )
     if len(pallets) < 2:
         raise ValueError("side-view verification needs at least two pallets with side views and crops")
@@ -107,6 +126,11 @@ def verification_from_sides(
             for name, pallet in pallets.items()
         }
         kinds["side_views_against_side_views"] = (sides, receipts)
+    if side_scale_width:
+        gallery_at_side_scale = {name: pallet.gallery_at_side_scale for name, pallet in pallets.items()}
+        crops_at_side_scale = {name: pallet.true_crops_at_side_scale for name, pallet in pallets.items()}
+        kinds["side_views_against_crops_at_side_scale"] = (sides, gallery_at_side_scale)
+        kinds["crops_at_side_scale_against_side_views"] = (crops_at_side_scale, sides)
     names = sorted(pallets)
     draw = random.Random(seed)
     opponents = {
@@ -123,6 +147,7 @@ def verification_from_sides(
             "review_inliers": geometry.review_inliers,
         },
         "receipt_side_views": bool(receipt_views),
+        "side_scale_width": side_scale_width,
         "extractors": {
             "stored": geometry.extractor.max_features,
             "side_view_queries": geometry.side_view_extractor.max_features,
@@ -160,34 +185,52 @@ def _read_pallets(
     receipt_views: Sequence[AnnotatedView],
     crops: Sequence[BlockImageRecord],
     geometry: GeometryParameters,
-    gallery_camera: str,
-    query_camera: str,
+    cameras: tuple[str, str],
+    side_scale_width: int,
     progress: bool,
 ) -> dict[str, _Pallet]:
-    """Pallets with gallery crops, query crops and side-view blocks found by the detector (in both sets)."""
-    by_pallet: dict[str, dict[str, QueryBlocks]] = defaultdict(lambda: defaultdict(dict))
+    """Pallets with crops of both ``cameras`` (gallery, query) and side-view blocks found by the detector (in
+    both sets)."""
+    features: dict[tuple[str, str, bool], QueryBlocks] = defaultdict(dict)
     families: dict[str, str] = {}
     for record in tqdm(crops, unit="crop", desc="crops", disable=not progress):
-        if record.camera in (gallery_camera, query_camera) and record.position is not None:
-            features = extract(load_image_file(record.path), geometry.extractor)
-            by_pallet[record.pallet][record.camera][record.position] = features
+        if record.camera in cameras and record.position is not None:
+            image = load_image_file(record.path)
+            features[record.pallet, record.camera, False][record.position] = extract(
+                image, geometry.extractor
+            )
+            if side_scale_width:
+                features[record.pallet, record.camera, True][record.position] = extract(
+                    at_side_view_scale(image, side_scale_width), geometry.side_view_extractor
+                )
             families[record.pallet] = record.attributes.get("family", "unknown")
     side_crops = _detected_blocks(detector, views, "detect", progress)
     receipt_crops = _detected_blocks(detector, receipt_views, "detect receipts", progress)
+    gallery_camera, query_camera = cameras
     return {
         name: _Pallet(
             family=families[name],
-            gallery=cameras[gallery_camera],
-            true_crops=cameras[query_camera],
+            gallery=features[name, gallery_camera, False],
+            true_crops=features[name, query_camera, False],
+            gallery_at_side_scale=features[name, gallery_camera, True],
+            true_crops_at_side_scale=features[name, query_camera, True],
             side_crops=side_crops[name],
             receipt_side_crops=receipt_crops[name],
         )
-        for name, cameras in by_pallet.items()
-        if cameras[gallery_camera]
-        and cameras[query_camera]
+        for name in families
+        if features[name, gallery_camera, False]
+        and features[name, query_camera, False]
         and side_crops.get(name)
         and (receipt_crops.get(name) or not receipt_views)
     }
+
+
+def at_side_view_scale(image: Image.Image, face_width: int) -> Image.Image:
+    """``image`` with only the detail a side-view block face ``face_width`` pixels wide keeps: shrunk (box
+    filter, aspect kept) and enlarged back (bilinear, as the service's crops are) to its own size."""
+    height = max(1, round(face_width * image.height / image.width))
+    small = image.resize((face_width, height), Image.Resampling.BOX)
+    return small.resize(image.size, Image.Resampling.BILINEAR)
 
 
 def _detected_blocks(

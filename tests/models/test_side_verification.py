@@ -27,6 +27,8 @@ KINDS = (
     "true_crops_against_side_views_as_blocks",
     "true_crops_against_side_views",
     "side_views_against_side_views",
+    "side_views_against_crops_at_side_scale",
+    "crops_at_side_scale_against_side_views",
 )
 
 
@@ -54,10 +56,11 @@ def test_known_pallets_and_impostors_per_kind_of_query(rendered: Path) -> None:
         geometry,
         impostors=2,
         receipt_views=read_annotations(rendered / "receipt-sides"),
+        side_scale_width=112,
         progress=False,
     )
     assert (report["pallets"], report["impostors_per_query"]) == (4, 2)
-    assert report["receipt_side_views"] is True
+    assert report["receipt_side_views"] is True and report["side_scale_width"] == 112
     assert report["extractors"] == {
         "stored": geometry.extractor.max_features,
         "side_view_queries": geometry.side_view_extractor.max_features,
@@ -82,13 +85,22 @@ def test_known_pallets_and_impostors_per_kind_of_query(rendered: Path) -> None:
     for kind in ("side_views", "true_crops_against_side_views"):
         side, as_blocks = report[kind], report[f"{kind}_as_blocks"]
         assert side["genuine_inliers"]["median"] > as_blocks["genuine_inliers"]["median"], kind
+    # Block images brought to a side-view block's scale share more corners with side-view blocks, both ways.
+    for at_side_scale, plain in (
+        ("side_views_against_crops_at_side_scale", "side_views"),
+        ("crops_at_side_scale_against_side_views", "true_crops_against_side_views"),
+    ):
+        assert (
+            report[at_side_scale]["genuine_inliers"]["median"] > report[plain]["genuine_inliers"]["median"]
+        ), at_side_scale
 
 
 def test_the_cli_adds_the_geometric_figures_to_the_report(rendered: Path, tmp_path: Path) -> None:
     arguments = ["detect", "--evaluate", str(rendered / "sides"), "--identify", str(rendered / "crops")]
     receipts = ["--receipt-sides", str(rendered / "receipt-sides")]
+    variants = [*receipts, "--side-scale-width", "112"]
     assert (
-        main([*arguments, *receipts, "--out", str(tmp_path / "a"), "--impostors", "1", "--threads", "1"]) == 0
+        main([*arguments, *variants, "--out", str(tmp_path / "a"), "--impostors", "1", "--threads", "1"]) == 0
     )
     report = json.loads((tmp_path / "a" / "detection_report.json").read_text())
     assert report["verification"]["impostors_per_query"] == 1
@@ -97,3 +109,4 @@ def test_the_cli_adds_the_geometric_figures_to_the_report(rendered: Path, tmp_pa
     assert "verification" not in json.loads((tmp_path / "b" / "detection_report.json").read_text())
     assert main([*arguments, "--out", str(tmp_path / "c"), "--impostors", "-1"]) == 2
     assert main([*arguments, *receipts, "--out", str(tmp_path / "d"), "--impostors", "0"]) == 2
+    assert main([*arguments, "--out", str(tmp_path / "e"), "--side-scale-width", "-1"]) == 2
