@@ -290,7 +290,7 @@ def verified_level(
                 description=f"verified rule, gallery {size}",
                 vocabulary=vocabulary,
             )
-            figures.append(gallery_size_figures(size, outcomes))
+            figures.append(gallery_size_figures(size, outcomes, geometry))
     finally:
         store.save()
     report = VerifiedLevelReport(

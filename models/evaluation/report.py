@@ -196,6 +196,16 @@ def format_verified(verified: VerifiedLevelReport) -> list[str]:
             f"runner-up p99.9 {runner_up['p99_9']} / max {runner_up['max']}; "
             f"unknown best p99.9 {unknown['p99_9']} / max {unknown['max']}"
         )
+    if verified.gallery_sizes:
+        lines.append(
+            "  unknown queries whose best candidate reached the review sum / of them with the match band's "
+            "blocks / margin / both / its sum: "
+            + "; ".join(
+                f"gallery {size.gallery_pallets}: "
+                + "/".join(map(str, size.unknown_band_conditions.values()))
+                for size in verified.gallery_sizes
+            )
+        )
     return lines
 
 

@@ -71,6 +71,8 @@ class QueryOutcome:
     """Inliers of the strongest checked candidate that is not the true pallet."""
     impostor_block_inliers: tuple[int, ...]
     """Per-pair inliers of every checked candidate that is not the true pallet."""
+    impostor_confirmed_blocks: int | None
+    """Blocks with ``block_inliers`` or more of the strongest checked candidate not the true pallet."""
     runner_up_inliers: int | None
     candidates_checked: int
 
@@ -82,6 +84,7 @@ def query_outcome(
     checked = decision.checked
     genuine = next((e for e in checked if e.pallet == query.pallet), None)
     impostors = [e for e in checked if e.pallet != query.pallet]
+    strongest_impostor = max(impostors, key=lambda e: (e.inliers, e.confirmed_blocks), default=None)
     return QueryOutcome(
         pallet=query.pallet,
         known=query.known,
@@ -93,8 +96,11 @@ def query_outcome(
         true_checked=genuine is not None,
         genuine_inliers=genuine.inliers if genuine is not None else None,
         genuine_block_inliers=genuine.block_inliers if genuine is not None else (),
-        impostor_inliers=max((e.inliers for e in impostors), default=None),
+        impostor_inliers=strongest_impostor.inliers if strongest_impostor is not None else None,
         impostor_block_inliers=tuple(count for e in impostors for count in e.block_inliers),
+        impostor_confirmed_blocks=(
+            strongest_impostor.confirmed_blocks if strongest_impostor is not None else None
+        ),
         runner_up_inliers=decision.runner_up.inliers if decision.runner_up is not None else None,
         candidates_checked=len(checked),
     )
@@ -232,6 +238,9 @@ class GallerySizeFigures:
     """Each count above as a share of its group (known or unknown queries; NaN for an empty group)."""
     inliers: dict[str, dict[str, float | int | None]]
     """Inlier distributions (:func:`inlier_figures`)."""
+    unknown_band_conditions: dict[str, int]
+    """Which of the match band's conditions the strongest candidate of unknown queries met
+    (:func:`band_conditions`)."""
 
 
 _KNOWN_COUNTS = (
@@ -288,7 +297,9 @@ def _sparse_rows(words: Sequence[SparseWords], dimensions: int) -> scipy.sparse.
     return scipy.sparse.csr_matrix((values, indices, indptr), shape=(len(words), dimensions))
 
 
-def gallery_size_figures(gallery_pallets: int, outcomes: Sequence[QueryOutcome]) -> GallerySizeFigures:
+def gallery_size_figures(
+    gallery_pallets: int, outcomes: Sequence[QueryOutcome], geometry: GeometryParameters
+) -> GallerySizeFigures:
     known = [o for o in outcomes if o.known]
     unknown = [o for o in outcomes if not o.known]
 
@@ -323,8 +334,32 @@ def gallery_size_figures(gallery_pallets: int, outcomes: Sequence[QueryOutcome])
         unknown_queries=len(unknown),
         rates=rates,
         inliers=inlier_figures(outcomes),
+        unknown_band_conditions=band_conditions(unknown, geometry),
         **counts,
     )
+
+
+def band_conditions(outcomes: Sequence[QueryOutcome], geometry: GeometryParameters) -> dict[str, int]:
+    """How close impostors came to a merge, condition by condition.
+
+    Of the queries whose strongest impostor reached the review band's sum: how many also had
+    ``match_blocks`` confirmed blocks, a margin of ``min_margin`` over the runner-up, both, and the match
+    band's sum. A query with both conditions was kept from a merge by the sum alone.
+    """
+    near = [
+        (o.impostor_inliers, o)
+        for o in outcomes
+        if o.impostor_inliers is not None and o.impostor_inliers >= geometry.review_inliers
+    ]
+    blocks = [(o.impostor_confirmed_blocks or 0) >= geometry.match_blocks for _, o in near]
+    margin = [inliers - (o.runner_up_inliers or 0) >= geometry.min_margin for inliers, o in near]
+    return {
+        "reached_review_sum": len(near),
+        "with_match_blocks": sum(blocks),
+        "with_margin": sum(margin),
+        "with_match_blocks_and_margin": sum(b and m for b, m in zip(blocks, margin, strict=True)),
+        "reached_match_sum": sum(inliers >= geometry.match_inliers for inliers, _ in near),
+    }
 
 
 def inlier_figures(outcomes: Sequence[QueryOutcome]) -> dict[str, dict[str, float | int | None]]:

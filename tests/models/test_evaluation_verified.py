@@ -162,6 +162,7 @@ def _outcome(pallet: str, known: bool, outcome: Outcome, **fields: object) -> Qu
         "genuine_block_inliers": (),
         "impostor_inliers": None,
         "impostor_block_inliers": (),
+        "impostor_confirmed_blocks": None,
         "runner_up_inliers": None,
         "candidates_checked": 1,
     }
@@ -176,15 +177,34 @@ def test_counts_split_known_and_unknown_queries_by_band() -> None:
         _outcome("C", True, Outcome.REVIEW, review_candidates=("C", "A"), genuine_inliers=100),
         _outcome("D", True, Outcome.REVIEW, review_candidates=("A",), true_checked=False),
         _outcome("E", True, Outcome.NEW, true_shortlisted=False, true_checked=False),
-        _outcome("U1", False, Outcome.MATCHED, decided="A", network_decided="A", impostor_inliers=140),
-        _outcome("U2", False, Outcome.REVIEW, impostor_inliers=90, network_decided="B"),
+        _outcome(
+            "U1",
+            False,
+            Outcome.MATCHED,
+            decided="A",
+            network_decided="A",
+            impostor_inliers=140,
+            impostor_confirmed_blocks=3,
+            runner_up_inliers=60,
+        ),
+        _outcome(
+            "U2", False, Outcome.REVIEW, impostor_inliers=90, impostor_confirmed_blocks=1, network_decided="B"
+        ),
+        _outcome(
+            "U5",
+            False,
+            Outcome.REVIEW,
+            impostor_inliers=120,
+            impostor_confirmed_blocks=2,
+            runner_up_inliers=80,
+        ),
         _outcome("U3", False, Outcome.NEW, impostor_inliers=10),
         _outcome("U4", False, Outcome.NEW),
     ]
 
-    figures = gallery_size_figures(5, outcomes)
+    figures = gallery_size_figures(5, outcomes, GeometryParameters())
 
-    assert (figures.known_queries, figures.unknown_queries) == (5, 4)
+    assert (figures.known_queries, figures.unknown_queries) == (5, 5)
     assert (figures.known_identified, figures.known_wrong_match, figures.known_review, figures.known_new) == (
         1,
         1,
@@ -192,14 +212,23 @@ def test_counts_split_known_and_unknown_queries_by_band() -> None:
         1,
     )
     assert figures.known_review_with_true_candidate == 1
-    assert (figures.unknown_matched, figures.unknown_review, figures.unknown_new) == (1, 1, 2)
+    assert (figures.unknown_matched, figures.unknown_review, figures.unknown_new) == (1, 2, 2)
     assert (figures.network_known_identified, figures.network_known_wrong_match) == (1, 1)
     assert figures.network_known_new == 3 and figures.network_unknown_matched == 2
     assert (figures.true_pallet_shortlisted, figures.true_pallet_checked) == (4, 3)
     assert figures.rates["known_review"] == pytest.approx(0.4)
-    assert figures.rates["unknown_new"] == pytest.approx(0.5)
+    assert figures.rates["unknown_new"] == pytest.approx(0.4)
     assert figures.inliers["genuine"]["n"] == 3 and figures.inliers["genuine"]["min"] == 90
-    assert figures.inliers["unknown_best"]["max"] == 140 and figures.inliers["unknown_best"]["n"] == 3
+    assert figures.inliers["unknown_best"]["max"] == 140 and figures.inliers["unknown_best"]["n"] == 4
+    # Review band from 80, match band from 130 with 2 blocks and a margin of 50: U1 met every condition,
+    # U2 the margin (no runner-up) but one block, U5 the blocks but not the margin (120 - 80).
+    assert figures.unknown_band_conditions == {
+        "reached_review_sum": 3,
+        "with_match_blocks": 2,
+        "with_margin": 2,
+        "with_match_blocks_and_margin": 1,
+        "reached_match_sum": 1,
+    }
 
 
 def test_distribution_and_gallery_sizes() -> None:
@@ -270,6 +299,11 @@ def test_evaluate_command_reports_the_verified_rule_and_network_only(
             "unknown_best",
         }
         assert size["unknown_matched"] == 1
+        conditions = size["unknown_band_conditions"]
+        assert conditions["reached_match_sum"] <= conditions["reached_review_sum"]
+        assert conditions["with_match_blocks_and_margin"] <= min(
+            conditions["with_match_blocks"], conditions["with_margin"]
+        )
     assert (cache / "embeddings.npz").is_file() and (cache / FEATURES_CACHE).is_file()
     assert not (out / "embeddings.npz").exists()
     stored = json.loads((out / "thresholds.json").read_text())
@@ -277,6 +311,7 @@ def test_evaluate_command_reports_the_verified_rule_and_network_only(
     assert stored["calibration"]["geometry_figures"]["gallery_pallets"] == 3
     printed = capsys.readouterr().out
     assert "verified rule" in printed and "network only" in printed
+    assert "reached the review sum" in printed and "gallery 3: " in printed
 
     network_only = tmp_path / "network-only"
     arguments = ["evaluate", "--data", str(dataset), "--checkpoint", str(tiny_checkpoint)]
