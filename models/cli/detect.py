@@ -104,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
     if args.impostors < 0:
         logger.error("--impostors must not be negative")
         return 2
+    if args.side_scale_width < 0:
+        logger.error("--side-scale-width must not be negative")
+        return 2
     if (args.receipt_sides is not None or args.side_scale_width) and (
         args.identify is None or args.impostors == 0
     ):
         logger.error("--receipt-sides and --side-scale-width need --identify and --impostors above 0")
-        return 2
-    if args.side_scale_width < 0:
-        logger.error("--side-scale-width must not be negative")
         return 2
     try:
         detector = BlockDetector.load(args.detector, num_threads=args.threads)

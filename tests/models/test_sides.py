@@ -130,39 +130,14 @@ def test_synth_sides_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert done.value.code == 0
     assert "annotations.jsonl" in capsys.readouterr().out
     out = tmp_path / "sides"
-    code = main(
-        [
-            "synth-sides",
-            str(out),
-            "--pallets",
-            "1",
-            "--sides",
-            "1",
-            "--width",
-            "192",
-            "--height",
-            "108",
-            "--backgrounds",
-            HELD_OUT_BACKGROUND,
-        ]
-    )
-    assert code == 0
+    small = ["--pallets", "1", "--sides", "1", "--width", "192", "--height", "108"]
+    assert main(["synth-sides", str(out), *small, "--backgrounds", HELD_OUT_BACKGROUND]) == 0
     (view,) = read_annotations(out)
     assert view.background == HELD_OUT_BACKGROUND
     assert main(["synth-sides", str(out), "--pallets", "1"]) == 1  # exists
     assert main(["synth-sides", str(tmp_path / "x"), "--pallets", "1", "--backgrounds", "moon"]) == 2
-    station = [
-        str(tmp_path / "dispatch"),
-        "--pallets",
-        "1",
-        "--sides",
-        "1",
-        "--width",
-        "192",
-        "--height",
-        "108",
-    ]
-    assert main(["synth-sides", *station, "--backgrounds", HELD_OUT_BACKGROUND, "--station", "1"]) == 0
+    dispatch_station = [str(tmp_path / "dispatch"), *small, "--backgrounds", HELD_OUT_BACKGROUND]
+    assert main(["synth-sides", *dispatch_station, "--station", "1"]) == 0
     assert json.loads((tmp_path / "dispatch" / "sides.json").read_text())["station"] == 1
     (dispatch,) = read_annotations(tmp_path / "dispatch")
     assert dispatch.path.read_bytes() != view.path.read_bytes()
