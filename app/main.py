@@ -16,7 +16,13 @@ from app.epcis.router import router as epcis_router
 from app.errors import ConfigurationError, install_error_handlers, install_error_schema
 from app.events.router import router as events_router
 from app.health.router import router as health_router
-from app.images.reindex import CoverageCache, check_model_coverage, ensure_serving_index, log_words_to_fill
+from app.images.reindex import (
+    CoverageCache,
+    check_model_coverage,
+    ensure_serving_index,
+    log_side_scale_to_fill,
+    log_words_to_fill,
+)
 from app.images.router import router as images_router
 from app.images.store import ImageStore
 from app.logging_setup import RequestLogMiddleware
@@ -120,6 +126,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_serving_index(engine, runner.model_id, runner.embedding_dim, vocabulary=runner.vocabulary)
         if runner.vocabulary_id is not None:
             log_words_to_fill(app.state.session_factory, runner.model_id, runner.vocabulary_id)
+        if matching_config.geometry.side_scale_width:
+            log_side_scale_to_fill(app.state.session_factory, runner.model_id)
     except ConfigurationError as error:
         runner.close()
         engine.dispose()

@@ -11,7 +11,9 @@ while it is saturated.
 Local features (ORB, for the geometric check of the decision rule) are extracted on a small pool of their
 own while the network runs: OpenCV releases the GIL, so the two overlap. When the checkpoint carries a
 visual-word vocabulary, each block's features are quantised into its word vector right after, on the same
-pool (about 6 ms a block). The same pool matches features during identification
+pool (about 6 ms a block). Block images also have their features extracted at a side-view block's scale
+there (``models.runtime.voting.side_scale_features``, about 8 ms of CPU a block), to be matched against
+blocks cut out of side views. The same pool matches features during identification
 (:attr:`ModelRunner.feature_pool`).
 
 The block detector for side views (``models.runtime.detector.BlockDetector``), when loaded, runs on the same
@@ -41,6 +43,7 @@ from app.metrics.stages import Stage, timed, timed_call
 from models.runtime.checkpoint import CheckpointMetadata
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
 from models.runtime.visual_words import SparseWords, VisualVocabulary
+from models.runtime.voting import CaptureFeatures, GeometryParameters, side_scale_features
 
 if TYPE_CHECKING:
     from models.runtime.detector import Detection, DetectorMetadata
@@ -105,6 +108,15 @@ class BlockAnalysis:
     """Local features of each block, for the geometric check."""
     words: BlockWords | None = None
     """Their visual words, when the model has a vocabulary (stored, and searched for more candidates)."""
+    from_side_views: bool = False
+    """The blocks were cut out of side views (``features`` made with ``side_view_extractor``)."""
+    at_side_scale: list[LocalFeatures] | None = None
+    """Block images: their features at a side-view block's scale (``GeometryParameters.side_scale_width``;
+    ``None`` when that is 0), matched against captures cut out of side views."""
+
+    def capture_features(self) -> CaptureFeatures:
+        """The blocks' local features as the decision rule compares them with a stored capture's."""
+        return CaptureFeatures(self.features, self.from_side_views, self.at_side_scale)
 
 
 class ModelRunner:
@@ -210,19 +222,32 @@ class ModelRunner:
         not admission-controlled."""
         return self._executor.submit(self._model.embed, images, self._batch_size).result()
 
-    async def analyse(self, images: Sequence[Image.Image], extractor: ExtractorSettings) -> BlockAnalysis:
+    async def analyse(
+        self, images: Sequence[Image.Image], geometry: GeometryParameters, *, from_side_views: bool = False
+    ) -> BlockAnalysis:
         """Fingerprints and local features (and visual words) of ``images``, computed at the same time,
         awaited off the loop.
 
+        Local features are extracted as ``geometry`` says for block images, or for blocks cut out of side
+        views (``from_side_views``); block images also get their side-scale features unless
+        ``geometry.side_scale_width`` is 0.
         Raises :class:`ModelOverloadedError` at once when ``max_queued`` requests are already admitted. A
         request stays admitted until its forward has finished, even if its client went away meanwhile (one
         still waiting for the model when it is cancelled leaves the queue: its forward never runs).
         """
         forward = timed_call(Stage.FORWARD, self._model.embed)
         fingerprints = self._admit_and_submit(forward, images, self._batch_size)
+        extractor = geometry.side_view_extractor if from_side_views else geometry.extractor
+        with_side_scale = not from_side_views and geometry.side_scale_width > 0
         with timed(Stage.FEATURES):
             local = [self._feature_pool.submit(self._local, image, extractor) for image in images]
+            scaled = (
+                [self._feature_pool.submit(side_scale_features, image, geometry) for image in images]
+                if with_side_scale
+                else []
+            )
             blocks = await asyncio.gather(*map(asyncio.wrap_future, local))
+            at_side_scale = await asyncio.gather(*map(asyncio.wrap_future, scaled))
         vocabulary = self._vocabulary
         return BlockAnalysis(
             fingerprints=await asyncio.wrap_future(fingerprints),
@@ -232,6 +257,8 @@ class ModelRunner:
                 if vocabulary is not None
                 else None
             ),
+            from_side_views=from_side_views,
+            at_side_scale=list(at_side_scale) if with_side_scale else None,
         )
 
     def _local(

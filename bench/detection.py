@@ -38,6 +38,7 @@ from models.runtime.detector import DEFAULT_DETECTOR, BlockDetector, crop_blocks
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
 from models.runtime.local_features import extract
+from models.runtime.voting import side_scale_features
 from models.synth import DEFAULT_FAMILY
 from models.synth.sides import HELD_OUT_BACKGROUND, TRAINING_BACKGROUNDS, render_side
 
@@ -145,7 +146,12 @@ def run_dispatch_comparison(
         for blob in pallet.enrol
     ]
     fingerprints = embedder.embed(enrol_images, batch_size=settings.embed_batch_size)
-    features = [extract(image, decision.geometry.extractor) for image in enrol_images]
+    geometry = decision.geometry
+    features = [extract(image, geometry.extractor) for image in enrol_images]
+    # the receipts were block images: stored with their side-scale features, as the service stores them
+    side_scale = (
+        [side_scale_features(image, geometry) for image in enrol_images] if geometry.side_scale_width else []
+    )
     blocks = len(pallets[0].enrol)
     result: dict[str, Any] = {
         "gallery_pallets": gallery_pallets,
@@ -161,6 +167,9 @@ def run_dispatch_comparison(
             num_parts=embedder.metadata.num_parts,
             real_fingerprints=fingerprints.reshape(real_pallets, blocks, -1),
             real_features=[features[index : index + blocks] for index in range(0, len(features), blocks)],
+            real_side_scale_features=[
+                side_scale[index : index + blocks] for index in range(0, len(side_scale), blocks)
+            ],
             noise=noise,
             seed=seed,
             vocabulary=load_vocabulary(DEFAULT_CHECKPOINT) if words else None,

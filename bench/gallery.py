@@ -14,7 +14,8 @@ Visual words, when the checkpoint carries a vocabulary, are stored as the servic
 words mixed from the real blocks' (:func:`perturbed_words`), and the word index has as many rows as the
 service's would.
 
-Each seeded pallet gets a ``registered`` receipt event and six fingerprints, like a real receipt. The HNSW
+Each seeded pallet gets a ``registered`` receipt event and six fingerprints, like a real receipt (a real
+pallet's with the side-scale features the service stores for block images, when given). The HNSW
 indexes (fingerprints, and visual words) are dropped before loading and rebuilt afterwards (far faster than
 maintaining them row by row), and the rows that benchmark dispatches add are deleted before the gallery grows
 again, so every measurement sees only the seeded gallery (whose float16 copy here is the ground truth of
@@ -157,11 +158,16 @@ class Gallery:
         noise: float,
         seed: int,
         vocabulary: VisualVocabulary | None = None,
+        real_side_scale_features: Sequence[Sequence[LocalFeatures]] = (),
     ) -> None:
         if real_fingerprints.ndim != 3 or real_fingerprints.shape[1] != BLOCKS_PER_PALLET:
             raise ValueError("real fingerprints must be (pallets, 6, dims)")
         if [len(blocks) for blocks in real_features] != [BLOCKS_PER_PALLET] * len(real_fingerprints):
             raise ValueError("real features must hold 6 blocks for every real pallet")
+        if real_side_scale_features and [len(blocks) for blocks in real_side_scale_features] != [
+            BLOCKS_PER_PALLET
+        ] * len(real_fingerprints):
+            raise ValueError("real side-scale features must hold 6 blocks for every real pallet (or none)")
         self._conninfo = libpq_url(database_url)
         self.model_id = model_id
         self.num_parts = num_parts
@@ -171,6 +177,10 @@ class Gallery:
         self._real = real_fingerprints
         self._real_features = [[features.to_bytes() for features in blocks] for blocks in real_features]
         """Stored local features of the real pallets; synthetic pallets have none (they have no images)."""
+        self._real_side_scale = [
+            [features.to_bytes() for features in blocks] for blocks in real_side_scale_features
+        ]
+        """Their features at a side-view block's scale, as the service stores them for block images."""
         self.vocabulary = vocabulary
         """Words are stored (and indexed) only with a vocabulary, as the service does."""
         self._real_words = (
@@ -347,10 +357,21 @@ class Gallery:
                     )
             with cursor.copy(
                 "COPY fingerprints (id, pallet_id, event_id, model_id, position, embedding, local_features, "
-                "visual_words, vocabulary_id) FROM STDIN (FORMAT BINARY)"
+                "side_scale_features, visual_words, vocabulary_id) FROM STDIN (FORMAT BINARY)"
             ) as copy:
                 copy.set_types(
-                    ["int8", "uuid", "int8", "varchar", "int2", "halfvec", "bytea", "sparsevec", "varchar"]
+                    [
+                        "int8",
+                        "uuid",
+                        "int8",
+                        "varchar",
+                        "int2",
+                        "halfvec",
+                        "bytea",
+                        "bytea",
+                        "sparsevec",
+                        "varchar",
+                    ]
                 )
                 vocabulary_id = self.vocabulary.vocabulary_id if self.vocabulary is not None else None
                 for row, vector in enumerate(vectors):
@@ -366,6 +387,9 @@ class Gallery:
                             HalfVector(vector),
                             self._real_features[seeded][row % BLOCKS_PER_PALLET]
                             if seeded < len(self._real_features)
+                            else None,
+                            self._real_side_scale[seeded][row % BLOCKS_PER_PALLET]
+                            if seeded < len(self._real_side_scale)
                             else None,
                             words[row] if words is not None else None,
                             vocabulary_id,

@@ -41,9 +41,8 @@ from app.settings import Settings
 from bench.timing import latency_summary
 from models.runtime.images import decode_image
 from models.runtime.inference import Embedder
-from models.runtime.local_features import LocalFeatures
 from models.runtime.visual_words import VisualVocabulary
-from models.runtime.voting import Neighbour, shortlist
+from models.runtime.voting import CaptureFeatures, Neighbour, shortlist
 
 logger = logging.getLogger(__name__)
 
@@ -563,7 +562,7 @@ def round_trip_comparison(
                     ("features_per_capture", partial(_features_per_capture, repository, events, model_id)),
                     (
                         "features_one_statement",
-                        partial(repository.captures_features, events, model_id=model_id),
+                        partial(repository.captures_features, events, model_id=model_id, side_scale=False),
                     ),
                 ]
                 for name, run in forms if index % 2 == 0 else forms[::-1]:
@@ -590,8 +589,8 @@ def _knn_per_block(
 
 def _features_per_capture(
     repository: FingerprintRepository, events: Sequence[int], model_id: str
-) -> list[list[LocalFeatures | None]]:
-    return [repository.capture_features(event_id, model_id=model_id) for event_id in events]
+) -> list[CaptureFeatures]:
+    return [repository.capture_features(event_id, model_id=model_id, side_scale=False) for event_id in events]
 
 
 def latency_targets(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -41,6 +41,7 @@ from models.runtime.local_features import LocalFeatures, count_inliers, extract
 from models.runtime.thresholds import DecisionParameters, GeometryParameters
 from models.runtime.visual_words import SparseWords, VisualVocabulary, word_similarities
 from models.runtime.voting import (
+    CaptureFeatures,
     Neighbour,
     WordCandidate,
     decide_verified,
@@ -204,9 +205,9 @@ def _dispatches(
             verdict = decide_verified(
                 neighbours,
                 fingerprints,
-                features,
+                CaptureFeatures(features),
                 {pallet: [gallery[pallet]] for pallet in candidates},
-                lambda pallet, _capture: enrol_features[pallet],
+                lambda pallet, _capture: CaptureFeatures(enrol_features[pallet]),
                 decision.thresholds,
                 geometry,
                 executor=runner.feature_pool,

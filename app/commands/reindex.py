@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "local features) with the model in --checkpoint and store the results under that model's id, "
             "beside the fingerprints of the model in service, which keeps identifying meanwhile; the new "
             "model may make fingerprints of another size. Its HNSW index is built at the end (concurrently: "
-            "the service keeps recording). When the checkpoint carries a visual-word vocabulary, the words "
+            "the service keeps recording). Block images recorded without their features at a side-view "
+            "block's scale (before that was stored) get them from their stored images. "
+            "When the checkpoint carries a visual-word vocabulary, the words "
             "of that model's fingerprints that lack them (or hold another vocabulary's) are then computed "
             "from their stored local features, no images needed, and their index built. Resumable: "
             "an interrupted run continues with the events that have no fingerprints of the new model yet. "
@@ -80,7 +82,13 @@ class ProgressBar:
 def run(args: argparse.Namespace) -> int:
     from app.db.embedded import embedded_postgres
     from app.db.session import build_engine, build_session_factory
-    from app.images.reindex import ReindexRepository, WordsReport, fill_visual_words, reindex
+    from app.images.reindex import (
+        ReindexRepository,
+        WordsReport,
+        fill_side_scale_features,
+        fill_visual_words,
+        reindex,
+    )
     from app.images.store import ImageStore
     from app.matching.repository import MAX_INDEXED_DIM, ensure_hnsw_index, ensure_words_index
     from app.model_runner import ModelRunner
@@ -126,14 +134,23 @@ def run(args: argparse.Namespace) -> int:
             ImageStore(settings.image_store_path),
             model_id=runner.model_id,
             embed=runner.embed,
-            extractor=geometry.extractor,
-            side_view_extractor=geometry.side_view_extractor,
+            geometry=geometry,
             batch_size=args.batch_size,
             max_batches=args.max_batches,
             progress=bar,
             vocabulary=runner.vocabulary,
         )
         bar.close()
+        side_scale_bar = ProgressBar(sys.stderr, unit="events' side-scale features")
+        side_scale = fill_side_scale_features(
+            factory,
+            ImageStore(settings.image_store_path),
+            model_id=runner.model_id,
+            geometry=geometry,
+            batch_size=args.batch_size,
+            progress=side_scale_bar,
+        )
+        side_scale_bar.close()
         # Built after the rows (far faster than growing the graph row by row); concurrently, so the
         # service keeps recording meanwhile.
         dim = runner.embedding_dim
@@ -154,6 +171,12 @@ def run(args: argparse.Namespace) -> int:
         f"({report.fingerprints_added} blocks), {report.events_without_images} without their images; "
         f"HNSW index of its {dim}-dim fingerprints {'built' if built else 'in place'}"
     )
+    if geometry.side_scale_width:
+        print(
+            f"side-scale features ({geometry.side_scale_width} px faces): {side_scale.events_filled} events' "
+            f"block images filled ({side_scale.fingerprints_filled} blocks), "
+            f"{side_scale.events_without_images} without their images"
+        )
     if words is not None:
         print(
             f"visual words {words.vocabulary_id}: {words.fingerprints_filled} fingerprints filled from their "

@@ -140,6 +140,9 @@ class Event(Base):
     """Geometric evidence of the strongest checked candidate (summed inliers), null if none was checked."""
     runner_up_inliers: Mapped[int | None] = mapped_column(Integer)
     """Evidence of the second checked candidate: an impostor sample for the live calibration."""
+    from_side_views: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    """Its blocks were cut out of side views (else uploaded as block images): which local features of a
+    stored capture a query's are matched with (``models.runtime.voting.CaptureFeatures``)."""
     related_pallet_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("pallets.id", ondelete="RESTRICT"))
     """Corrections: the other pallet (merged into this one, or the other side of a detach)."""
     related_event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="RESTRICT"))
@@ -184,6 +187,11 @@ class Fingerprint(Base):
     embedding: Mapped[np.ndarray] = mapped_column(HALFVEC())
     local_features: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Local features of the block (``LocalFeatures.to_bytes``); null if recorded before revision 0002."""
+    side_scale_features: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    """Block images only: their local features at a side-view block's scale
+    (``models.runtime.voting.side_scale_features``), matched against blocks cut out of side views; null for
+    side-view blocks, when the model's geometry turns it off, and before revision 0009 (``palletreid
+    reindex`` fills it)."""
     visual_words: Mapped[SparseVector | None] = mapped_column(SPARSEVEC(), deferred=True)
     """The block's visual-word vector (``VisualVocabulary.encode`` of its local features, unit length);
     null when the model in service had no vocabulary, or before revision 0007 (``palletreid reindex``

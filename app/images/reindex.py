@@ -7,6 +7,10 @@ where it stopped: an event is done once it has fingerprints of the new model. In
 transaction; each batch is written under the identification lock with the events' *current* pallets, so a
 merge or detach that ran meanwhile is respected.
 
+Block images' features at a side-view block's scale (``GeometryParameters.side_scale_width``) are extracted
+with the rest; those of fingerprints recorded without them (before revision 0009) are filled from their
+stored images (:func:`fill_side_scale_features`); until then side views are matched with their own features.
+
 Visual words (when the checkpoint carries a vocabulary) are computed from the stored local features, so rows
 that lack them, or hold words of another vocabulary, are filled without their images
 (:func:`fill_visual_words`); until then the word search does not find them.
@@ -18,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +37,9 @@ from app.errors import ConfigurationError
 from app.images.store import ImageStore
 from app.matching.repository import FingerprintRepository, as_sparsevec, ensure_hnsw_index, ensure_words_index
 from models.runtime.images import ImageRejectedError, decode_image
-from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
+from models.runtime.local_features import LocalFeatures, extract
 from models.runtime.visual_words import VisualVocabulary
+from models.runtime.voting import GeometryParameters, side_scale_features
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,14 @@ class ReindexReport:
     fingerprints_added: int
     events_without_images: int
     """Events skipped because an image was deleted (retention) or unreadable: they stay without."""
+
+
+@dataclass(frozen=True, slots=True)
+class SideScaleReport:
+    events_filled: int
+    fingerprints_filled: int
+    events_without_images: int
+    """Events whose images were deleted (retention) or unreadable: their blocks stay without."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +116,55 @@ class ReindexRepository:
         return grouped
 
     def from_side_views(self, event_ids: Sequence[int]) -> set[int]:
-        """Those of ``event_ids`` whose blocks were cut out of side views (their result names a detector)."""
-        detector = Event.result["detector"].astext
-        rows = self._session.scalars(
-            select(Event.id).where(Event.id.in_(list(event_ids)), detector.is_not(None))
+        """Those of ``event_ids`` whose blocks were cut out of side views."""
+        chosen = select(Event.id).where(Event.id.in_(list(event_ids)), Event.from_side_views)
+        return set(self._session.scalars(chosen))
+
+    def lacking_side_scale(self, model_id: str, *, after_id: int, limit: int) -> list[int]:
+        """Block-image events with fingerprints of ``model_id`` but no side-scale features, in id order."""
+        return list(
+            self._session.scalars(
+                select(Fingerprint.event_id)
+                .join(Event, Event.id == Fingerprint.event_id)
+                .where(Fingerprint.event_id > after_id, _lacking_side_scale(model_id))
+                .group_by(Fingerprint.event_id)
+                .order_by(Fingerprint.event_id)
+                .limit(limit)
+            )
         )
-        return set(rows)
+
+    def count_lacking_side_scale(self, model_id: str) -> int:
+        """Events counted as by :meth:`lacking_side_scale`."""
+        return (
+            self._session.scalar(
+                select(func.count(Fingerprint.event_id.distinct()))
+                .join(Event, Event.id == Fingerprint.event_id)
+                .where(_lacking_side_scale(model_id))
+            )
+            or 0
+        )
+
+    def store_side_scale(self, model_id: str, features: Mapping[int, Sequence[LocalFeatures]]) -> int:
+        """Set the side-scale features of the blocks of several events (by event, in position order) that
+        still lack them; returns the fingerprints set."""
+        statement = (
+            update(Fingerprint)
+            .where(
+                Fingerprint.event_id == bindparam("event"),
+                Fingerprint.position == bindparam("block"),
+                Fingerprint.model_id == model_id,
+                Fingerprint.side_scale_features.is_(None),
+            )
+            .values(side_scale_features=bindparam("features"))
+        )
+        rows = [
+            {"event": event_id, "block": position, "features": block.to_bytes()}
+            for event_id, blocks in features.items()
+            for position, block in enumerate(blocks)
+        ]
+        if not rows:
+            return 0
+        return self._session.connection().execute(statement, rows).rowcount
 
     def current_pallets(self, event_ids: Sequence[int]) -> dict[int, uuid.UUID]:
         rows = self._session.execute(select(Event.id, Event.pallet_id).where(Event.id.in_(list(event_ids))))
@@ -198,17 +254,16 @@ def reindex(
     *,
     model_id: str,
     embed: Embed,
-    extractor: ExtractorSettings,
-    side_view_extractor: ExtractorSettings,
+    geometry: GeometryParameters,
     batch_size: int = 32,
     max_batches: int | None = None,
     progress: Progress | None = None,
     vocabulary: VisualVocabulary | None = None,
 ) -> ReindexReport:
     """Add fingerprints (and local features, and with a ``vocabulary`` visual words) of ``model_id`` for
-    every event that has stored images and none of its fingerprints yet; the local features of an event
-    recorded from side views with ``side_view_extractor``, as the service extracts them. ``max_batches``
-    stops early (the next run resumes)."""
+    every event that has stored images and none of its fingerprints yet, their local features extracted as
+    the service does with ``geometry`` (blocks cut out of side views with more corners, block images also at
+    a side-view block's scale). ``max_batches`` stops early (the next run resumes)."""
     with session_factory() as session:
         total = ReindexRepository(session).count_pending(model_id)
     handled = fingerprinted = added = skipped = batches = 0
@@ -235,12 +290,19 @@ def reindex(
             flat = [image for event_id in order for image in decoded[event_id]]
             vectors = embed(flat)
             features = [
-                extract(image, side_view_extractor if event_id in from_sides else extractor)
+                extract(image, geometry.side_view_extractor if event_id in from_sides else geometry.extractor)
+                for event_id in order
+                for image in decoded[event_id]
+            ]
+            at_side_scale = [
+                side_scale_features(image, geometry)
+                if event_id not in from_sides and geometry.side_scale_width
+                else None
                 for event_id in order
                 for image in decoded[event_id]
             ]
             fingerprinted_now, added_now = _write(
-                session_factory, model_id, order, decoded, vectors, features, vocabulary
+                session_factory, model_id, order, decoded, vectors, features, at_side_scale, vocabulary
             )
             fingerprinted += fingerprinted_now
             added += added_now
@@ -253,6 +315,48 @@ def reindex(
         fingerprints_added=added,
         events_without_images=skipped,
     )
+
+
+def fill_side_scale_features(
+    session_factory: Callable[[], Session],
+    store: ImageStore,
+    *,
+    model_id: str,
+    geometry: GeometryParameters,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> SideScaleReport:
+    """Extract the side-scale features of every block-image event whose fingerprints of ``model_id`` lack
+    them, from its stored images; committed per batch of ``batch_size`` events, so an interrupted run
+    resumes. Nothing to do when ``geometry.side_scale_width`` is 0."""
+    if geometry.side_scale_width == 0:
+        return SideScaleReport(events_filled=0, fingerprints_filled=0, events_without_images=0)
+    with session_factory() as session:
+        total = ReindexRepository(session).count_lacking_side_scale(model_id)
+    handled = events = filled = skipped = 0
+    after_id = 0
+    while True:
+        with session_factory() as session:
+            repository = ReindexRepository(session)
+            event_ids = repository.lacking_side_scale(model_id, after_id=after_id, limit=batch_size)
+            stored = repository.images(event_ids)
+        if not event_ids:
+            break
+        after_id = event_ids[-1]
+        features: dict[int, list[LocalFeatures]] = {}
+        for event_id in event_ids:
+            images = _load(store, stored.get(event_id, []))
+            if images is None:
+                skipped += 1
+            else:
+                features[event_id] = [side_scale_features(image, geometry) for image in images]
+        with unit_of_work(session_factory) as session:
+            filled += ReindexRepository(session).store_side_scale(model_id, features)
+        events += len(features)
+        handled += len(event_ids)
+        if progress is not None:
+            progress(handled, total)
+    return SideScaleReport(events_filled=events, fingerprints_filled=filled, events_without_images=skipped)
 
 
 def fill_visual_words(
@@ -306,6 +410,14 @@ def _lacking_words(model_id: str, vocabulary_id: str) -> ColumnElement[bool]:
     )
 
 
+def _lacking_side_scale(model_id: str) -> ColumnElement[bool]:
+    return and_(
+        Fingerprint.model_id == model_id,
+        Fingerprint.side_scale_features.is_(None),
+        ~Event.from_side_views,
+    )
+
+
 def _load(store: ImageStore, rows: Sequence[BlockImage]) -> list[Image.Image] | None:
     """The event's block images in position order, or ``None`` if any is missing or unreadable."""
     if not rows or [row.position for row in rows] != list(range(len(rows))):
@@ -330,6 +442,7 @@ def _write(
     decoded: dict[int, list[Image.Image]],
     vectors: np.ndarray,
     features: Sequence[LocalFeatures],
+    at_side_scale: Sequence[LocalFeatures | None],
     vocabulary: VisualVocabulary | None,
 ) -> tuple[int, int]:
     """Insert one batch under the identification lock, with each event's current pallet."""
@@ -353,6 +466,7 @@ def _write(
                         position=position,
                         embedding=vectors[offset + position],
                         local_features=features[offset + position].to_bytes(),
+                        side_scale_features=_bytes_or_none(at_side_scale[offset + position]),
                         visual_words=(
                             as_sparsevec(vocabulary.encode(features[offset + position]))
                             if vocabulary is not None
@@ -365,6 +479,10 @@ def _write(
             offset += count
         FingerprintRepository(session).add_all(rows)
     return events, len(rows)
+
+
+def _bytes_or_none(features: LocalFeatures | None) -> bytes | None:
+    return None if features is None else features.to_bytes()
 
 
 class CoverageCache:
@@ -438,6 +556,24 @@ def ensure_serving_index(
             "or run `palletreid reindex --checkpoint <this model>`",
             model_id,
             type(error).__name__,
+        )
+
+
+def log_side_scale_to_fill(session_factory: Callable[[], Session], model_id: str) -> None:
+    """At start: how many block-image events of the model in service lack side-scale features (side views
+    are matched against them with their own features until ``palletreid reindex`` fills them)."""
+    try:
+        with session_factory() as session:
+            missing = ReindexRepository(session).count_lacking_side_scale(model_id)
+    except SQLAlchemyError as error:
+        logger.warning("events without side-scale features not counted (%s)", type(error).__name__)
+        return
+    if missing:
+        logger.warning(
+            "%d block-image events of %s have no side-scale features: side views are matched against them "
+            "with their own features until `palletreid reindex --checkpoint <this model>` fills them",
+            missing,
+            model_id,
         )
 
 

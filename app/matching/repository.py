@@ -25,6 +25,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    null,
     select,
     text,
     true,
@@ -33,10 +34,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import TableValuedAlias
 
-from app.db.tables import Fingerprint, Pallet
+from app.db.tables import Event, Fingerprint, Pallet
 from models.runtime.local_features import LocalFeatures
 from models.runtime.visual_words import SparseWords, VisualVocabulary
-from models.runtime.voting import unit_rows
+from models.runtime.voting import CaptureFeatures, unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -205,30 +206,40 @@ class FingerprintRepository:
             for event_id, blocks in groupby(rows, key=lambda row: row[0])
         }
 
-    def capture_features(self, event_id: int, *, model_id: str) -> list[LocalFeatures | None]:
-        """The local features of one capture's blocks in upload order (``None`` where none were stored)."""
-        rows = self._session.execute(
-            select(Fingerprint.local_features)
-            .where(Fingerprint.event_id == event_id, Fingerprint.model_id == model_id)
-            .order_by(Fingerprint.position)
-        ).scalars()
-        return [None if data is None else LocalFeatures.from_bytes(data) for data in rows]
+    def capture_features(self, event_id: int, *, model_id: str, side_scale: bool) -> CaptureFeatures:
+        """The local features of one capture's blocks in upload order (``None`` where none were stored),
+        with their side-scale features when ``side_scale`` (a query cut out of side views needs them)."""
+        return self.captures_features([event_id], model_id=model_id, side_scale=side_scale).get(
+            event_id, CaptureFeatures([])
+        )
 
     def captures_features(
-        self, event_ids: Collection[int], *, model_id: str
-    ) -> dict[int, list[LocalFeatures | None]]:
+        self, event_ids: Collection[int], *, model_id: str, side_scale: bool
+    ) -> dict[int, CaptureFeatures]:
         """:meth:`capture_features` of several captures in one round trip; events without rows are absent."""
         if not event_ids:
             return {}
+        side_scale_column = Fingerprint.side_scale_features if side_scale else null()
         rows = self._session.execute(
-            select(Fingerprint.event_id, Fingerprint.local_features)
+            select(Fingerprint.event_id, Event.from_side_views, Fingerprint.local_features, side_scale_column)
+            .join(Event, Event.id == Fingerprint.event_id)
             .where(Fingerprint.event_id.in_(event_ids), Fingerprint.model_id == model_id)
             .order_by(Fingerprint.event_id, Fingerprint.position)
-        )
-        features: dict[int, list[LocalFeatures | None]] = {}
-        for event_id, data in rows:
-            features.setdefault(event_id, []).append(None if data is None else LocalFeatures.from_bytes(data))
-        return features
+        ).all()
+        captures: dict[int, CaptureFeatures] = {}
+        for (event_id, from_side_views), blocks in groupby(rows, key=lambda row: (row[0], row[1])):
+            stored = [(_features_or_none(row[2]), _features_or_none(row[3])) for row in blocks]
+            at_side_scale = [scaled for _, scaled in stored]
+            captures[event_id] = CaptureFeatures(
+                features=[features for features, _ in stored],
+                from_side_views=from_side_views,
+                at_side_scale=(
+                    at_side_scale
+                    if not from_side_views and any(item is not None for item in at_side_scale)
+                    else None
+                ),
+            )
+        return captures
 
     def add_all(self, fingerprints: Sequence[Fingerprint]) -> None:
         self._session.add_all(fingerprints)
@@ -493,6 +504,10 @@ def as_sparsevec(words: SparseWords) -> SparseVector:
     return SparseVector(
         dict(zip(words.indices.tolist(), words.values.tolist(), strict=True)), words.dimensions
     )
+
+
+def _features_or_none(data: bytes | None) -> LocalFeatures | None:
+    return None if data is None else LocalFeatures.from_bytes(data)
 
 
 def fingerprint_from_binary(data: bytes) -> np.ndarray:

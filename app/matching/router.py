@@ -155,10 +155,7 @@ async def _record(
         with timed(Stage.DECODE):
             blobs, images = await _load_blocks(blocks or [], settings)
         sent, images_field = blobs, "blocks"
-    geometry = config.geometry
-    # blocks cut out of side views: more corners, stored and matched (GeometryParameters.side_view_extractor)
-    extractor = geometry.side_view_extractor if side_views is not None else geometry.extractor
-    analysis = await embedder.analyse(images, extractor)
+    analysis = await embedder.analyse(images, config.geometry, from_side_views=side_views is not None)
     if idempotency_key is not None:
         details = details.with_idempotency_key(idempotency_key, kind, sent, images_field=images_field)
     result = await run_in_threadpool(

@@ -51,11 +51,11 @@ from app.metrics.stages import Stage, StageStopwatch
 from app.model_runner import BlockAnalysis, BlockWords
 from app.pallets.repository import PalletRepository
 from app.settings import Settings
-from models.runtime.local_features import LocalFeatures
 from models.runtime.thresholds import DecisionParameters
 from models.runtime.visual_words import SparseWords
 from models.runtime.voting import (
     Candidate,
+    CaptureFeatures,
     GeometryParameters,
     Neighbour,
     Outcome,
@@ -205,10 +205,10 @@ class MatchingService:
         embeddings = blocks.fingerprints
         if embeddings.ndim != 2 or 0 in embeddings.shape:
             raise InvalidRequestError(f"expected (blocks, dims) fingerprints, got {embeddings.shape}")
-        if len(blocks.features) != len(embeddings):
-            raise InvalidRequestError(
-                f"{len(embeddings)} fingerprints but {len(blocks.features)} feature sets"
-            )
+        if len(blocks.features) != len(embeddings) or (
+            blocks.at_side_scale is not None and len(blocks.at_side_scale) != len(embeddings)
+        ):
+            raise InvalidRequestError(f"{len(embeddings)} fingerprints need as many feature sets")
         if blocks.words is not None and len(blocks.words.per_block) != len(embeddings):
             raise InvalidRequestError(
                 f"{len(embeddings)} fingerprints but {len(blocks.words.per_block)} word vectors"
@@ -263,6 +263,7 @@ class MatchingService:
                 grai=details.grai,
                 asset_code=details.asset_code,
                 result={},
+                from_side_views=blocks.from_side_views,
                 review=decision is not None and decision.review,
                 inliers=decision.checked[0].inliers if decision is not None and decision.checked else None,
                 runner_up_inliers=(
@@ -270,7 +271,7 @@ class MatchingService:
                 ),
             )
         )
-        words = blocks.words
+        words, at_side_scale = blocks.words, blocks.at_side_scale
         self._fingerprints.add_all(
             [
                 Fingerprint(
@@ -280,6 +281,9 @@ class MatchingService:
                     position=position,
                     embedding=vector,
                     local_features=features.to_bytes(),
+                    side_scale_features=(
+                        at_side_scale[position].to_bytes() if at_side_scale is not None else None
+                    ),
                     visual_words=as_sparsevec(words.per_block[position]) if words is not None else None,
                     vocabulary_id=words.vocabulary_id if words is not None else None,
                 )
@@ -344,29 +348,38 @@ class MatchingService:
         without_features: set[uuid.UUID] = set()
         query_rows = unit_rows(blocks.fingerprints)
         network_checks = _captures_to_check(query_rows, captures, geometry)
+        side_scale = blocks.from_side_views  # only a side view's blocks meet stored side-scale features
         prefetched = self._fingerprints.captures_features(
-            [event for events in network_checks.values() for event in events], model_id=model_id
+            [event for events in network_checks.values() for event in events],
+            model_id=model_id,
+            side_scale=side_scale,
         )
         words = blocks.words
         word_candidates = (
-            (lambda: self._word_candidates(kind, words, model_id, capture_events, network_checks, prefetched))
+            (
+                lambda: self._word_candidates(
+                    kind, words, model_id, capture_events, network_checks, prefetched, side_scale
+                )
+            )
             if words is not None
             else None
         )
 
-        def load_features(pallet: uuid.UUID, capture: int) -> list[LocalFeatures | None]:
+        def load_features(pallet: uuid.UUID, capture: int) -> CaptureFeatures:
             event_id = capture_events[pallet][capture]
             features = prefetched.get(event_id)
             if features is None:
-                features = self._fingerprints.capture_features(event_id, model_id=model_id)
-            if all(item is None for item in features):
+                features = self._fingerprints.capture_features(
+                    event_id, model_id=model_id, side_scale=side_scale
+                )
+            if all(item is None for item in features.features):
                 without_features.add(pallet)
             return features
 
         decision = decide_verified(
             neighbours,
             query_rows,
-            blocks.features,
+            blocks.capture_features(),
             {pallet: [c.fingerprints for c in stored] for pallet, stored in captures.items()},
             load_features,
             self._config.thresholds,
@@ -390,7 +403,8 @@ class MatchingService:
         model_id: str,
         capture_events: dict[uuid.UUID, list[int]],
         network_checks: Collection[uuid.UUID],
-        prefetched: dict[int, list[LocalFeatures | None]],
+        prefetched: dict[int, CaptureFeatures],
+        side_scale: bool,
     ) -> list[WordCandidate[uuid.UUID]]:
         """Pallets whose stored blocks share the most visual words with the query, best word pairing first.
 
@@ -426,7 +440,7 @@ class MatchingService:
         fresh = [c for c in candidates if c.pallet not in network_checks][: geometry.word_candidates_checked]
         prefetched.update(
             self._fingerprints.captures_features(
-                [capture_events[c.pallet][c.capture] for c in fresh], model_id=model_id
+                [capture_events[c.pallet][c.capture] for c in fresh], model_id=model_id, side_scale=side_scale
             )
         )
         return candidates

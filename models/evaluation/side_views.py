@@ -10,8 +10,9 @@ service does and, for comparison, like block images.
 
 With ``side_scale_width``, block images are also matched at the scale of a side-view block: shrunk to a face
 that many pixels wide and enlarged back before their features are extracted like a side-view block's
-(``at_side_view_scale``), both ways. That is a candidate design, measured here before the service has it:
-corners found at one scale on both sides match more often than a sharp crop's and a blurred face's.
+(``models.runtime.voting.side_scale_features``), both ways, as the service does
+(``GeometryParameters.side_scale_width``): corners found at one scale on both sides match more often than a
+sharp crop's and a blurred face's.
 
 Given the side views of the same pallets from a second camera station (``receipt_views``: the
 ``--station`` of ``palletreid synth-sides``), it also measures a pallet received and dispatched from side
@@ -29,7 +30,7 @@ import io
 import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ from models.runtime.detector import (
 )
 from models.runtime.images import load_image_file
 from models.runtime.local_features import ExtractorSettings, LocalFeatures, count_inliers, extract
-from models.runtime.voting import GeometryParameters
+from models.runtime.voting import GeometryParameters, side_scale_features
 from models.training.data import BlockImageRecord
 from models.training.detector_annotations import AnnotatedView
 
@@ -200,8 +201,8 @@ def _read_pallets(
                 image, geometry.extractor
             )
             if side_scale_width:
-                features[record.pallet, record.camera, True][record.position] = extract(
-                    at_side_view_scale(image, side_scale_width), geometry.side_view_extractor
+                features[record.pallet, record.camera, True][record.position] = side_scale_features(
+                    image, replace(geometry, side_scale_width=side_scale_width)
                 )
             families[record.pallet] = record.attributes.get("family", "unknown")
     side_crops = _detected_blocks(detector, views, "detect", progress)
@@ -223,14 +224,6 @@ def _read_pallets(
         and side_crops.get(name)
         and (receipt_crops.get(name) or not receipt_views)
     }
-
-
-def at_side_view_scale(image: Image.Image, face_width: int) -> Image.Image:
-    """``image`` with only the detail a side-view block face ``face_width`` pixels wide keeps: shrunk (box
-    filter, aspect kept) and enlarged back (bilinear, as the service's crops are) to its own size."""
-    height = max(1, round(face_width * image.height / image.width))
-    small = image.resize((face_width, height), Image.Resampling.BOX)
-    return small.resize(image.size, Image.Resampling.BILINEAR)
 
 
 def _detected_blocks(

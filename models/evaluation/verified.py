@@ -34,6 +34,7 @@ from models.evaluation.ranking import QUERY_CHUNK
 from models.runtime.local_features import LocalFeatures
 from models.runtime.visual_words import SparseWords, VisualVocabulary
 from models.runtime.voting import (
+    CaptureFeatures,
     GeometryParameters,
     Neighbour,
     Outcome,
@@ -157,10 +158,10 @@ def verify_queries(
     rows_of = gallery.rows_of
     neighbours_of = block_neighbours(queries, gallery, top_k)
 
-    def stored_features(pallet: str, capture: int) -> list[LocalFeatures]:
+    def stored_features(pallet: str, capture: int) -> CaptureFeatures:
         if capture != 0:
             raise IndexError(f"{pallet} has one stored capture, not {capture + 1}")
-        return store.get_all(paths[gallery.captures[row]] for row in rows_of[pallet])
+        return CaptureFeatures(store.get_all(paths[gallery.captures[row]] for row in rows_of[pallet]))
 
     words_search = (
         _WordSearch(vocabulary, [store.get(paths[capture]) for capture in gallery.captures], gallery.pallets)
@@ -175,7 +176,7 @@ def verify_queries(
         decision = decide_verified(
             neighbours,
             query.embeddings,
-            query_features,
+            CaptureFeatures(query_features),
             {pallet: [gallery_unit[rows_of[pallet]]] for pallet in shortlisted},
             stored_features,
             thresholds,

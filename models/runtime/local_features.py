@@ -227,6 +227,22 @@ def extract(
     )
 
 
+def at_side_view_scale(image: Image.Image, face_width: int) -> Image.Image:
+    """``image`` with only the detail a side-view block face ``face_width`` pixels wide keeps: shrunk (box
+    filter, aspect kept) and enlarged back (bilinear, as blocks cut out of side views are) to its own size.
+
+    Corners found at one scale in both captures match more often than a sharp block image's against an
+    upsampled side-view block's (``GeometryParameters.side_scale_width``).
+    """
+    if face_width < 1:
+        raise ValueError("face_width must be at least 1")
+    if face_width >= image.width:
+        return image
+    height = max(1, round(face_width * image.height / image.width))
+    small = image.resize((face_width, height), Image.Resampling.BOX)
+    return small.resize(image.size, Image.Resampling.BILINEAR)
+
+
 def ratio_matches(
     query: LocalFeatures, stored: LocalFeatures, ratio: float = DEFAULT_MATCHER.ratio
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:

@@ -36,12 +36,16 @@ from models.runtime.detector import (
     load_detector,
     used_detections,
 )
+from models.synth import SynthConfig, render_pallet
 from models.synth.sides import SideView, render_side
 
 FAMILY = "chipsplat"
 PALLET = 990_200
 """Far from every training pallet of the detector (500000-500999) and the fingerprint model."""
 STRANGER = 990_201
+CROPS_PALLET = 990_203
+"""Received as block images (the block generator's crops), dispatched from side views (990_202 is one of the
+pallets whose racks views lose most blocks: 22 inliers at side-view scale, 18 without)."""
 
 
 @functools.cache
@@ -149,6 +153,31 @@ def test_receipt_and_dispatch_from_side_views_identify_the_pallet(shipped_client
         assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(image.content)).size == CROP_SIZE
     assert shipped_client.get(f"/v1/events/{dispatch['event_id']}/blocks/6").status_code == 404
+
+
+def test_a_pallet_received_from_block_images_is_dispatched_from_side_views(
+    shipped_client: TestClient, fresh_database: FreshDatabase
+) -> None:
+    """The station that cuts crops and the one that shoots sides meet: block images keep their features at
+    a side-view block's scale, which the side view's blocks are verified against."""
+    config = SynthConfig(pallets=1, first_pallet=CROPS_PALLET, cameras=1, frames=1)
+    crops = sorted(render_pallet(config, CROPS_PALLET, FAMILY), key=lambda capture: capture.block)
+    response = shipped_client.post("/v1/receipts", files=block_files([capture.jpeg for capture in crops]))
+    assert response.status_code == 201, response.text
+    receipt = response.json()
+    dispatch = post(shipped_client, "dispatches", dispatch_views(CROPS_PALLET))
+    assert (dispatch["decision"], dispatch["pallet_id"]) == ("matched", receipt["pallet_id"])
+    assert dispatch["verification"]["band"] == "matched", dispatch["verification"]
+    app: Any = shipped_client.app
+    events = [receipt["event_id"], dispatch["event_id"]]
+    with app.state.session_factory() as session:
+        scaled = func.count(Fingerprint.side_scale_features)
+        per_event = select(Fingerprint.event_id, scaled).where(Fingerprint.event_id.in_(events))
+        stored = {event: count for event, count in session.execute(per_event.group_by(Fingerprint.event_id))}
+        kinds = select(Event.id, Event.from_side_views).where(Event.id.in_(events))
+        sources = {event: from_side_views for event, from_side_views in session.execute(kinds)}
+    assert stored == {receipt["event_id"]: 6, dispatch["event_id"]: 0}, "side-scale features: block images"
+    assert sources == {receipt["event_id"]: False, dispatch["event_id"]: True}
 
 
 def test_one_side_view_gives_its_three_blocks(client: TestClient, store: ImageStore) -> None:

@@ -27,7 +27,7 @@ from app.db.migrations import upgrade_to_head
 from app.main import create_app
 from app.model_runner import ModelOverloadedError, ModelRunner
 from models.runtime.inference import Embedder
-from models.runtime.local_features import ExtractorSettings
+from models.runtime.voting import GeometryParameters
 
 LIVENESS_DEADLINE_S = 120.0
 """How long a test waits for a state before failing instead of hanging (not a speed requirement)."""
@@ -67,12 +67,12 @@ def test_the_runner_admits_a_bounded_number_of_requests(tiny_checkpoint: Path) -
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 96, 3), dtype=np.uint8))
 
     async def scenario() -> None:
-        first = asyncio.ensure_future(runner.analyse([image], ExtractorSettings()))
-        second = asyncio.ensure_future(runner.analyse([image, image], ExtractorSettings()))
+        first = asyncio.ensure_future(runner.analyse([image], GeometryParameters()))
+        second = asyncio.ensure_future(runner.analyse([image, image], GeometryParameters()))
         await asyncio.to_thread(model.entered.wait, LIVENESS_DEADLINE_S)
         assert runner.admitted == 2
         with pytest.raises(ModelOverloadedError) as refused:
-            await runner.analyse([image], ExtractorSettings())
+            await runner.analyse([image], GeometryParameters())
         assert refused.value.status_code == 503
         assert refused.value.headers == {"Retry-After": "1"}
 
@@ -84,9 +84,13 @@ def test_the_runner_admits_a_bounded_number_of_requests(tiny_checkpoint: Path) -
         model.gate.set()
         await asyncio.to_thread(wait_until, lambda: runner.admitted == 0, "the running forward ended")
 
-        analysis = await runner.analyse([image, image], ExtractorSettings())
+        analysis = await runner.analyse([image, image], GeometryParameters())
         assert analysis.fingerprints.shape == (2, 512)
         assert len(analysis.features) == 2
+        assert analysis.at_side_scale is not None and len(analysis.at_side_scale) == 2  # block images
+        from_sides = await runner.analyse([image], GeometryParameters(), from_side_views=True)
+        assert from_sides.at_side_scale is None
+        assert len(from_sides.features[0]) > len(analysis.features[0])  # 1,000 corners kept, not 500
 
     try:
         asyncio.run(scenario())

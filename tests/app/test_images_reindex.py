@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +16,16 @@ import torch
 from api_testkit import FreshDatabase, block_files, noise_blocks, unit_vectors
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, select, text, update
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+from sqlalchemy.orm import Session
 
 from app.cli import main
 from app.db.migrations import upgrade_to_head
-from app.db.session import build_session_factory
+from app.db.session import build_session_factory, unit_of_work
 from app.db.tables import BlockImage, Fingerprint
 from app.errors import ConfigurationError
-from app.images.reindex import ReindexRepository, ensure_serving_index, reindex
+from app.images.reindex import ReindexRepository, ensure_serving_index, fill_side_scale_features, reindex
 from app.images.store import ImageStore
 from app.main import create_app
 from app.matching.repository import (
@@ -39,9 +40,9 @@ from app.model_runner import ModelRunner
 from app.settings import Settings
 from models.runtime.checkpoint import CheckpointMetadata, read_metadata, save_checkpoint
 from models.runtime.images import decode_image
-from models.runtime.local_features import extract
+from models.runtime.local_features import LocalFeatures, extract
 from models.runtime.pcb import build_model
-from models.runtime.voting import GeometryParameters
+from models.runtime.voting import CaptureFeatures, GeometryParameters, side_scale_features
 from models.synth.sides import render_side
 
 
@@ -136,8 +137,7 @@ def test_reindex_then_switch_to_a_model_of_another_size_keeps_every_pallet(
                 store,
                 model_id=new_model,
                 embed=runner.embed,
-                extractor=geometry.extractor,
-                side_view_extractor=geometry.side_view_extractor,
+                geometry=geometry,
             )
             seen: list[tuple[int, int]] = []
             first = reindex_new_model(
@@ -192,7 +192,9 @@ def test_side_view_captures_keep_their_extractor_when_stored_and_reindexed(
     tmp_path: Path,
 ) -> None:
     """Blocks cut out of side views get their local features with ``side_view_extractor`` (more corners),
-    block uploads with ``extractor``: as the service stores them, and again when reindexed for a new model."""
+    block uploads with ``extractor`` and their side-scale features: as the service stores them, and again
+    when reindexed for a new model. Side-scale features lost (a database from before they were stored) are
+    filled from the stored images."""
     geometry = GeometryParameters()
     store = ImageStore(tmp_path / "images")
     sides = [render_side(0, 990_300, side, "chipsplat", "yard", (1280, 720)).jpeg for side in (0, 1)]
@@ -208,6 +210,7 @@ def test_side_view_captures_keep_their_extractor_when_stored_and_reindexed(
             assert response.status_code == 201, response.text
             from_sides = response.json()
             from_blocks = post(app, "/v1/receipts", noise_blocks(105, count=3))
+            lost = post(app, "/v1/receipts", noise_blocks(106, count=3))["event_id"]
         runner = ModelRunner.load(second_checkpoint, num_threads=1)
         try:
             reindex(
@@ -215,34 +218,77 @@ def test_side_view_captures_keep_their_extractor_when_stored_and_reindexed(
                 store,
                 model_id=runner.model_id,
                 embed=runner.embed,
-                extractor=geometry.extractor,
-                side_view_extractor=geometry.side_view_extractor,
+                geometry=geometry,
             )
         finally:
             runner.close()
-        with factory() as session:
-            repository = FingerprintRepository(session)
-            for event, expected in (
-                (from_sides, geometry.side_view_extractor),
-                (from_blocks, geometry.extractor),
-            ):
-                rows = session.scalars(
-                    select(BlockImage)
-                    .where(BlockImage.event_id == event["event_id"])
-                    .order_by(BlockImage.position)
-                ).all()
-                images = [decode_image(store.read(row.sha256) or b"", name="stored block") for row in rows]
-                wanted = [extract(image, expected).to_bytes() for image in images]
-                for model in (from_sides["model"], runner.model_id):
-                    stored = repository.capture_features(event["event_id"], model_id=model)
-                    assert [f.to_bytes() for f in stored if f is not None] == wanted, (
-                        event["event_id"],
-                        model,
+        models = (from_sides["model"], runner.model_id)
+
+        def stored_features() -> dict[tuple[int, str], CaptureFeatures]:
+            with factory() as session:
+                repository = FingerprintRepository(session)
+                return {
+                    (event["event_id"], model): repository.capture_features(
+                        event["event_id"], model_id=model, side_scale=True
                     )
-            side_features = repository.capture_features(from_sides["event_id"], model_id=runner.model_id)
-        engine.dispose()
-        counts = [len(features) for features in side_features if features is not None]
+                    for event in (from_sides, from_blocks)
+                    for model in models
+                }
+
+        def as_bytes(features: Sequence[LocalFeatures | None] | None) -> list[bytes | None] | None:
+            return None if features is None else [None if f is None else f.to_bytes() for f in features]
+
+        sides_images = _stored_images(factory, store, from_sides["event_id"])
+        block_images = _stored_images(factory, store, from_blocks["event_id"])
+        expected = {
+            from_sides["event_id"]: (
+                True,
+                [extract(i, geometry.side_view_extractor) for i in sides_images],
+                None,
+            ),
+            from_blocks["event_id"]: (
+                False,
+                [extract(image, geometry.extractor) for image in block_images],
+                [side_scale_features(image, geometry) for image in block_images],
+            ),
+        }
+        for (event_id, model), stored in stored_features().items():
+            from_side_views, own, at_side_scale = expected[event_id]
+            assert stored.from_side_views is from_side_views, (event_id, model)
+            assert as_bytes(stored.features) == as_bytes(own), (event_id, model)
+            assert as_bytes(stored.at_side_scale) == as_bytes(at_side_scale), (event_id, model)
+        counts = [len(features) for features in expected[from_sides["event_id"]][1]]
         assert len(counts) == 6 and max(counts) > geometry.extractor.max_features, "more corners kept"
+
+        # side-scale features lost: filled from the stored images, once; an event without images stays without
+        with unit_of_work(factory) as session:
+            session.execute(update(Fingerprint).values(side_scale_features=None))
+            one_image = select(BlockImage.sha256).where(BlockImage.event_id == lost).limit(1)
+            store.delete(session.scalars(one_image).one())
+        filled = fill_side_scale_features(factory, store, model_id=from_sides["model"], geometry=geometry)
+        assert (filled.events_filled, filled.fingerprints_filled, filled.events_without_images) == (1, 3, 1)
+        for (event_id, model), stored in stored_features().items():
+            refilled = expected[event_id][2] if model == from_sides["model"] else None  # only its model's
+            assert as_bytes(stored.at_side_scale) == as_bytes(refilled), (event_id, model)
+        again = fill_side_scale_features(factory, store, model_id=from_sides["model"], geometry=geometry)
+        assert (again.events_filled, again.fingerprints_filled, again.events_without_images) == (0, 0, 1)
+        with factory() as session:
+            assert ReindexRepository(session).lacking_side_scale(
+                from_sides["model"], after_id=0, limit=10
+            ) == [lost]
+        off = fill_side_scale_features(
+            factory, store, model_id=from_sides["model"], geometry=GeometryParameters(side_scale_width=0)
+        )
+        assert off.events_without_images == 0 and off.events_filled == 0
+        engine.dispose()
+
+
+def _stored_images(factory: Callable[[], Session], store: ImageStore, event_id: int) -> list[Image.Image]:
+    with factory() as session:
+        rows = session.scalars(
+            select(BlockImage).where(BlockImage.event_id == event_id).order_by(BlockImage.position)
+        ).all()
+    return [decode_image(store.read(row.sha256) or b"", name="stored block") for row in rows]
 
 
 def test_reindex_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,8 @@ of noise images (no network involved)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import threading
 import uuid
 from collections.abc import Callable
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from api_testkit import block_analysis, pick, unit_vectors
 from pgvector import HalfVector
+from PIL import Image
 from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -29,7 +32,11 @@ from app.matching.schemas import MatchResult
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
 from app.model_runner import BlockAnalysis
 from app.pallets.repository import PalletRepository
-from models.runtime.voting import VotingThresholds
+from models.runtime.detector import Detection, crop_blocks, encode_crop
+from models.runtime.local_features import LocalFeatures, count_inliers, extract
+from models.runtime.voting import VotingThresholds, side_scale_features
+from models.synth import SynthConfig, render_pallet
+from models.synth.sides import render_side
 
 MODEL = "model-a"
 CONFIG = MatchingConfig(
@@ -165,8 +172,10 @@ def test_the_evidence_is_stored_with_the_event(record: Record, session: Session)
     assert event.inliers == result.verification.inliers and event.inliers is not None and event.inliers > 1000
     assert event.runner_up_inliers == result.verification.runner_up_inliers
     assert event.runner_up_inliers is not None and event.runner_up_inliers < 50
-    stored = FingerprintRepository(session).capture_features(result.event_id, model_id=MODEL)
-    assert [len(features) for features in stored if features is not None] == [len(f) for f in known.features]
+    stored = FingerprintRepository(session).capture_features(result.event_id, model_id=MODEL, side_scale=True)
+    assert [len(features) for features in stored.features if features is not None] == [
+        len(f) for f in known.features
+    ]
 
 
 def test_a_network_match_on_blocks_without_stored_features_is_flagged_not_merged(
@@ -348,3 +357,59 @@ def test_a_stranger_resembling_one_stored_block_is_not_matched(record: Record) -
     assert result.decision is MatchDecision.REGISTERED and result.pallet_id != pallet
     assert result.candidates[0].pallet_id == pallet and result.candidates[0].votes == 6
     assert result.candidates[0].score < 0.3
+
+
+@functools.cache
+def rendered_pallet(pallet: int) -> tuple[list[Image.Image], list[Image.Image]]:
+    """A rendered pallet's six block images (one camera) and its six blocks cut out of its two side views
+    (truth quads) and JPEG-encoded, as the service cuts them."""
+    config = SynthConfig(pallets=1, first_pallet=pallet, cameras=1, frames=1)
+    captures = sorted(render_pallet(config, pallet, "chipsplat"), key=lambda capture: capture.block)
+    crops = [Image.open(io.BytesIO(capture.jpeg)).convert("RGB") for capture in captures]
+    side_blocks: list[Image.Image] = []
+    for side in (0, 1):
+        view = render_side(0, pallet, side, "chipsplat", "yard", (1280, 720))
+        truth = [Detection(block.box, 1.0, block.quad) for block in view.blocks]
+        cut = crop_blocks(view.image(), truth)
+        side_blocks += [Image.open(io.BytesIO(encode_crop(crop))).convert("RGB") for crop in cut]
+    return crops, side_blocks
+
+
+def test_side_views_and_block_images_meet_at_the_side_view_scale(record: Record, session: Session) -> None:
+    """A pallet received from block images and dispatched from side views (and the other way round) is
+    verified with the block images' side-scale features against the side view's blocks, block for block; a
+    block-image capture stored without them is verified with its own features."""
+    geometry = CONFIG.geometry
+    crops, side_blocks = rendered_pallet(990_210)
+    own = [extract(image, geometry.extractor) for image in crops]
+    scaled = [side_scale_features(image, geometry) for image in crops]
+    sides = [extract(image, geometry.side_view_extractor) for image in side_blocks]
+
+    def inliers(query: list[LocalFeatures], stored: list[LocalFeatures]) -> int:
+        return sum(count_inliers(q, s, geometry.matcher) for q, s in zip(query, stored, strict=True))
+
+    for seed, receipt_side_scale in ((30, scaled), (31, None)):
+        vectors = unit_vectors(seed)
+        receipt = record(EventKind.RECEIPT, BlockAnalysis(vectors, own, at_side_scale=receipt_side_scale))
+        dispatch = record(EventKind.DISPATCH, BlockAnalysis(vectors, sides, from_side_views=True))
+        assert dispatch.verification is not None
+        expected = inliers(sides, receipt_side_scale or own)
+        assert (dispatch.pallet_id, dispatch.verification.inliers) == (receipt.pallet_id, expected)
+        from_side_views = {
+            event.id: event.from_side_views
+            for event in session.scalars(select(Event).where(Event.pallet_id == receipt.pallet_id))
+        }
+        assert from_side_views == {receipt.event_id: False, dispatch.event_id: True}
+    assert inliers(sides, scaled) > inliers(sides, own), "the side-view scale is the better match"
+
+    vectors = unit_vectors(32)
+    received = record(EventKind.RECEIPT, BlockAnalysis(vectors, sides, from_side_views=True))
+    dispatched = record(EventKind.DISPATCH, BlockAnalysis(vectors, own, at_side_scale=scaled))
+    assert dispatched.pallet_id == received.pallet_id and dispatched.verification is not None
+    assert dispatched.verification.inliers == inliers(scaled, sides)
+    stored = FingerprintRepository(session).capture_features(
+        dispatched.event_id, model_id=MODEL, side_scale=True
+    )
+    assert [None if f is None else f.to_bytes() for f in stored.at_side_scale or []] == [
+        f.to_bytes() for f in scaled
+    ]

@@ -215,3 +215,44 @@ def test_not_ready_without_the_models_hnsw_index(
             response = client.get("/readyz")
             assert response.status_code == 503
             assert "no valid HNSW index" in response.json()["detail"]
+
+
+def test_0009_marks_the_events_recorded_from_side_views(fresh_database: FreshDatabase) -> None:
+    """Events whose stored result names a detector were recorded from side views; the others, and events
+    without a result naming one (corrections), from block images. Downgrading drops both columns."""
+    with fresh_database() as url:
+        config = alembic_config(url)
+        command.upgrade(config, "0008")
+        engine = create_engine(url)
+        results = ['{"detector": "detector-1"}', '{"detector": null}', "{}"]
+        with engine.begin() as connection:
+            pallet = uuid.uuid4()
+            connection.execute(
+                text(
+                    "INSERT INTO pallets (id, status, first_seen, last_seen) "
+                    "VALUES (:id, 'in_stock', now(), now())"
+                ),
+                {"id": pallet},
+            )
+            events = [
+                connection.execute(
+                    text(
+                        "INSERT INTO events (pallet_id, kind, decision, votes, blocks_compared, model_id, "
+                        "result) VALUES (:pallet, 'receipt', 'registered', 0, 0, 'model-a', "
+                        "CAST(:result AS jsonb)) RETURNING id"
+                    ),
+                    {"pallet": pallet, "result": result},
+                ).scalar_one()
+                for result in results
+            ]
+
+        command.upgrade(config, "0009")
+
+        with engine.begin() as connection:
+            rows = connection.execute(text("SELECT id, from_side_views FROM events"))
+            marked: dict[int, bool] = {event_id: from_side_views for event_id, from_side_views in rows}
+            assert marked == dict(zip(events, (True, False, False), strict=True))
+        command.downgrade(config, "0008")
+        columns = {column["name"] for column in inspect(engine).get_columns("events")}
+        assert "from_side_views" not in columns
+        engine.dispose()

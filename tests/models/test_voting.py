@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.runtime.local_features import DESCRIPTOR_BYTES, ExtractorSettings, LocalFeatures, extract
+from models.runtime.local_features import (
+    DESCRIPTOR_BYTES,
+    ExtractorSettings,
+    LocalFeatures,
+    at_side_view_scale,
+    extract,
+)
 from models.runtime.visual_words import SparseWords
 from models.runtime.voting import (
+    CaptureFeatures,
     Decision,
     GeometricEvidence,
     GeometryParameters,
@@ -28,6 +35,7 @@ from models.runtime.voting import (
     pairing_score,
     rank_word_candidates,
     shortlist,
+    side_scale_features,
     verify,
 )
 from models.synth import SynthConfig, render_pallet
@@ -181,9 +189,9 @@ class _Gallery:
         }
         self.loaded: list[tuple[str, int]] = []
 
-    def load(self, pallet: str, capture: int) -> list[LocalFeatures | None]:
+    def load(self, pallet: str, capture: int) -> CaptureFeatures:
         self.loaded.append((pallet, capture))
-        return list(self.features[(pallet, capture)])
+        return CaptureFeatures(list(self.features[(pallet, capture)]))
 
 
 def _neighbours(pallet: str, similarity: float = 0.9) -> list[list[Neighbour[str]]]:
@@ -204,7 +212,7 @@ def _decide(
     return decide_verified(
         neighbours if neighbours is not None else _neighbours("A"),
         _QUERY_FINGERPRINTS,
-        _QUERY_FEATURES,
+        CaptureFeatures(_QUERY_FEATURES),
         captures,
         gallery.load,
         _THRESHOLDS,
@@ -310,7 +318,7 @@ def _word_decision(
     return decide_verified(
         [[Neighbour(p, 0.1) for p in network_pallets] for _ in range(6)],
         _QUERY_FINGERPRINTS,
-        _QUERY_FEATURES,
+        CaptureFeatures(_QUERY_FEATURES),
         {pallet: gallery.fingerprints[pallet] for pallet in network_pallets},
         gallery.load,
         _THRESHOLDS,
@@ -378,6 +386,74 @@ def test_the_capture_with_most_inliers_among_the_checked_ones_is_the_evidence() 
     assert (decision.checked[0].capture, decision.checked[0].inliers, decision.pallet) == (1, 300, "A")
 
 
+def test_captures_of_one_kind_meet_with_their_own_features_and_side_views_with_side_scale_ones() -> None:
+    own, scaled, side = (_sharing(0, k) for k in (10, 20, 30))
+    images = CaptureFeatures([own, own], at_side_scale=[scaled, None])  # block 1 was stored without
+    older_images = CaptureFeatures([own, own])
+    sides = CaptureFeatures([side, side], from_side_views=True)
+    assert images.compared_with(older_images) == ([own, own], [own, own])
+    assert sides.compared_with(sides) == ([side, side], [side, side])
+    assert sides.compared_with(images) == ([side, side], [scaled, own])
+    assert images.compared_with(sides) == ([scaled, own], [side, side])
+    assert sides.compared_with(older_images) == ([side, side], [own, own])
+    with pytest.raises(ValueError, match="at_side_scale"):
+        CaptureFeatures([side], from_side_views=True, at_side_scale=[scaled])
+    with pytest.raises(ValueError, match="at_side_scale"):
+        CaptureFeatures([own, own], at_side_scale=[scaled])
+
+
+def test_a_side_view_query_is_verified_against_the_stored_side_scale_features() -> None:
+    """The stored block images share nothing with the side-view query at their own scale and 60 keypoints a
+    block at the side-view scale: matched through those, while a block-image query still meets their own."""
+    gallery = _Gallery({"A": [[0] * 6], "B": [[0] * 6]})
+    gallery.features = {
+        ("A", 0): [_sharing(block, 0) for block in range(6)],
+        ("B", 0): [_sharing(block, 0) for block in range(6)],
+    }
+    at_side_scale = {
+        "A": [_sharing(block, 60) for block in range(6)],
+        "B": [_sharing(block, 0) for block in range(6)],
+    }
+
+    def load(pallet: str, capture: int) -> CaptureFeatures:
+        return CaptureFeatures(gallery.features[(pallet, capture)], at_side_scale=at_side_scale[pallet])
+
+    def decision(query: CaptureFeatures) -> VerifiedDecision[str]:
+        return decide_verified(
+            _neighbours("A"),
+            _QUERY_FINGERPRINTS,
+            query,
+            gallery.fingerprints,
+            load,
+            _THRESHOLDS,
+            GeometryParameters(),
+        )
+
+    from_sides = decision(CaptureFeatures(_QUERY_FEATURES, from_side_views=True))
+    assert (from_sides.outcome, from_sides.pallet, from_sides.checked[0].inliers) == (
+        Outcome.MATCHED,
+        "A",
+        360,
+    )
+    assert decision(CaptureFeatures(_QUERY_FEATURES)).outcome is Outcome.NEW
+
+
+def test_side_scale_features_keep_only_a_side_view_face_s_detail() -> None:
+    rng = np.random.default_rng(3)
+    fine = Image.fromarray(rng.integers(0, 256, (175, 280, 3), dtype=np.uint8))
+    coarse = at_side_view_scale(fine, 112)
+    assert coarse.size == fine.size
+    # box-filtered to 112 px and enlarged: pixel noise is averaged away
+    assert np.asarray(coarse, np.float32).std() < 0.6 * np.asarray(fine, np.float32).std()
+    assert at_side_view_scale(fine, 280) is fine  # already no wider than the face
+    geometry = GeometryParameters()
+    features = side_scale_features(fine, geometry)
+    assert features.working_size == extract(fine, geometry.side_view_extractor).working_size
+    assert len(features) <= geometry.side_view_extractor.max_features
+    with pytest.raises(ValueError, match="side_scale_width"):
+        side_scale_features(fine, GeometryParameters(side_scale_width=0))
+
+
 def test_stored_blocks_without_features_count_zero() -> None:
     gallery = _Gallery({"A": [[60] * 6]})
     gallery.features[("A", 0)][2] = None
@@ -387,7 +463,8 @@ def test_stored_blocks_without_features_count_zero() -> None:
 def test_parallel_matching_gives_the_same_decision() -> None:
     gallery = _Gallery({"A": [[60, 50, 40, 30, 20, 10]], "B": [[12, 0, 0, 0, 0, 0]]})
     captures = {pallet: stored for pallet, stored in gallery.fingerprints.items()}
-    arguments = (_neighbours("A"), _QUERY_FINGERPRINTS, _QUERY_FEATURES, captures, gallery.load, _THRESHOLDS)
+    query = CaptureFeatures(_QUERY_FEATURES)
+    arguments = (_neighbours("A"), _QUERY_FINGERPRINTS, query, captures, gallery.load, _THRESHOLDS)
     sequential = decide_verified(*arguments, GeometryParameters())
     with ThreadPoolExecutor(max_workers=2) as pool:
         parallel = decide_verified(*arguments, GeometryParameters(), executor=pool)
@@ -397,7 +474,13 @@ def test_parallel_matching_gives_the_same_decision() -> None:
 def test_a_query_with_mismatched_features_is_refused() -> None:
     with pytest.raises(ValueError, match="feature sets"):
         decide_verified(
-            [], np.eye(6), _QUERY_FEATURES[:5], {}, _Gallery({}).load, _THRESHOLDS, GeometryParameters()
+            [],
+            np.eye(6),
+            CaptureFeatures(_QUERY_FEATURES[:5]),
+            {},
+            _Gallery({}).load,
+            _THRESHOLDS,
+            GeometryParameters(),
         )
 
 
@@ -414,6 +497,8 @@ def test_an_empty_gallery_is_new() -> None:
         lambda: GeometryParameters(min_margin=-1),
         lambda: GeometryParameters(review_inliers=200, match_inliers=150),
         lambda: GeometryParameters(side_view_extractor=ExtractorSettings(working_long_side=480)),
+        lambda: GeometryParameters(side_scale_width=15),
+        lambda: GeometryParameters(side_scale_width=-1),
     ],
 )
 def test_invalid_geometry_parameters_are_refused(make: Callable[[], object]) -> None:
@@ -441,15 +526,21 @@ def test_rendered_pallets_known_one_matched_unknown_one_new() -> None:
     fingerprints = {index: np.eye(18)[6 * index : 6 * index + 6] for index in range(3)}
     captures = {index: [fingerprints[index]] for index in (0, 1)}
 
-    def load(pallet: int, capture: int) -> list[LocalFeatures | None]:
-        return list(features[(pallet, "cam_1")])
+    def load(pallet: int, capture: int) -> CaptureFeatures:
+        return CaptureFeatures(features[(pallet, "cam_1")])
 
     def dispatch(index: int) -> VerifiedDecision[int]:
         # the network stage sees only noise-level similarity, so the bands rest on the geometry alone
         query = fingerprints[index] + 0.3 * np.eye(18)[6 * ((index + 1) % 2) : 6 * ((index + 1) % 2) + 6]
         neighbours = [[Neighbour(pallet, 0.2) for pallet in (0, 1)] for _ in range(6)]
         return decide_verified(
-            neighbours, query, features[(index, "cam_2")], captures, load, _THRESHOLDS, GeometryParameters()
+            neighbours,
+            query,
+            CaptureFeatures(features[(index, "cam_2")]),
+            captures,
+            load,
+            _THRESHOLDS,
+            GeometryParameters(),
         )
 
     known, unknown = dispatch(0), dispatch(2)
