@@ -16,7 +16,8 @@ Rule, in three stages.
    blocks left without a partner count 0.
 3. *Geometric verification* (:func:`decide_verified`). The best few candidates by score have each paired
    block matched with local features (:mod:`models.runtime.local_features`, stored at recording time): the
-   number of matches consistent with one homography. Cosine similarities drift with the capture source
+   number of matches consistent with one homography. A block image meets a block cut out of a side view at
+   the side view's scale (:class:`CaptureFeatures`). Cosine similarities drift with the capture source
    (camera, light, wood); inlier counts hardly do, so the decision is taken on them, in three bands:
 
    - **matched**: the strongest candidate has at least ``match_inliers`` inliers summed over its paired
