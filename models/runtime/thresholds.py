@@ -88,7 +88,9 @@ class DecisionParameters:
             f"geometry: {g.candidates_checked} candidates checked, matched >= {g.match_inliers} inliers "
             f"({g.match_blocks} blocks >= {g.block_inliers}, margin {g.min_margin}), "
             f"review >= {g.review_inliers}, {g.side_view_extractor.max_features} ORB corners for blocks "
-            f"cut out of side views; visual words: {g.word_candidates_checked} more checked of "
+            f"cut out of side views, block images against them at "
+            f"{f'{g.side_scale_width} px faces' if g.side_scale_width else 'their own scale'}; "
+            f"visual words: {g.word_candidates_checked} more checked of "
             f"{g.word_shortlist_size} (top-k {g.word_top_k})"
         )
 
