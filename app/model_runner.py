@@ -9,12 +9,14 @@ instead of queueing without bound while its client times out. Probes never touch
 while it is saturated.
 
 Local features (ORB, for the geometric check of the decision rule) are extracted on a small pool of their
-own while the network runs: OpenCV releases the GIL, so the two overlap. When the checkpoint carries a
-visual-word vocabulary, each block's features are quantised into its word vector right after, on the same
-pool (about 6 ms a block). Block images also have their features extracted at a side-view block's scale
-there (``models.runtime.voting.side_scale_features``, about 8 ms of CPU a block), to be matched against
-blocks cut out of side views. The same pool matches features during identification
-(:attr:`ModelRunner.feature_pool`).
+own while the network runs: OpenCV releases the GIL, so the two overlap. What only some decisions need but
+every stored capture keeps is computed on the same pool without being awaited there (:class:`Later`): block
+images' features at a side-view block's scale (``models.runtime.voting.side_scale_features``, about 8 ms of
+CPU a block; matched against blocks cut out of side views) and, when the checkpoint carries a visual-word
+vocabulary, each block's word vector (about 6 ms a block). They run while the forward finishes and the
+database is searched, and are waited for only where they are used: by the rule when a side view's capture
+or the word search comes up, and when the capture is stored. The same pool matches features during
+identification (:attr:`ModelRunner.feature_pool`).
 
 The block detector for side views (``models.runtime.detector.BlockDetector``), when loaded, runs on the same
 worker thread and behind the same admission: a side-view request is admitted once for its detection and once
@@ -32,8 +34,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -41,7 +44,7 @@ from PIL import Image
 from app.errors import PalletReidError
 from app.metrics.stages import Stage, timed, timed_call
 from models.runtime.checkpoint import CheckpointMetadata
-from models.runtime.local_features import ExtractorSettings, LocalFeatures, extract
+from models.runtime.local_features import LocalFeatures, extract
 from models.runtime.visual_words import SparseWords, VisualVocabulary
 from models.runtime.voting import CaptureFeatures, GeometryParameters, side_scale_features
 
@@ -84,6 +87,28 @@ class SideViewDetector(Protocol):
 
 
 _Result = TypeVar("_Result")
+_Item = TypeVar("_Item")
+
+
+class Later(Generic[_Result]):
+    """Per-block values computed elsewhere (futures on the feature pool), waited for on first use only."""
+
+    def __init__(
+        self,
+        futures: Sequence[concurrent.futures.Future[_Item]],
+        combine: Callable[[list[_Item]], _Result],
+    ) -> None:
+        self._futures = list(futures)
+        self._combine = combine
+
+    @classmethod
+    def ready(cls, value: _Result) -> Later[_Result]:
+        """A value that is already there (offline callers, tests)."""
+        return cls([], lambda _: value)
+
+    def get(self) -> _Result:
+        """The value, waiting for the futures that compute it (their exception, if one failed)."""
+        return self._combine([future.result() for future in self._futures])
 
 
 @dataclass(frozen=True)
@@ -106,17 +131,31 @@ class BlockAnalysis:
     """Unit rows (blocks, embedding dim), float32."""
     features: list[LocalFeatures]
     """Local features of each block, for the geometric check."""
-    words: BlockWords | None = None
+    words: Later[BlockWords] | None = None
     """Their visual words, when the model has a vocabulary (stored, and searched for more candidates)."""
     from_side_views: bool = False
     """The blocks were cut out of side views (``features`` made with ``side_view_extractor``)."""
-    at_side_scale: list[LocalFeatures] | None = None
+    at_side_scale: Later[list[LocalFeatures]] | None = None
     """Block images: their features at a side-view block's scale (``GeometryParameters.side_scale_width``;
     ``None`` when that is 0), matched against captures cut out of side views."""
 
     def capture_features(self) -> CaptureFeatures:
-        """The blocks' local features as the decision rule compares them with a stored capture's."""
-        return CaptureFeatures(self.features, self.from_side_views, self.at_side_scale)
+        """The blocks' local features as the decision rule compares them with a stored capture's; their
+        side-scale features are waited for only if the rule meets a capture cut out of side views."""
+        if self.at_side_scale is None:
+            return CaptureFeatures(self.features, self.from_side_views)
+        return _QueryCaptureFeatures(self.features, at_side_scale_later=self.at_side_scale)
+
+
+@dataclass(frozen=True, slots=True)
+class _QueryCaptureFeatures(CaptureFeatures):
+    """Block images whose side-scale features are still being extracted when the rule starts."""
+
+    at_side_scale_later: Later[list[LocalFeatures]] | None = None
+
+    def against_side_views(self) -> Sequence[LocalFeatures | None]:
+        assert self.at_side_scale_later is not None
+        return self.at_side_scale_later.get()
 
 
 class ModelRunner:
@@ -238,35 +277,30 @@ class ModelRunner:
         forward = timed_call(Stage.FORWARD, self._model.embed)
         fingerprints = self._admit_and_submit(forward, images, self._batch_size)
         extractor = geometry.side_view_extractor if from_side_views else geometry.extractor
-        with_side_scale = not from_side_views and geometry.side_scale_width > 0
+        pool = self._feature_pool
         with timed(Stage.FEATURES):
-            local = [self._feature_pool.submit(self._local, image, extractor) for image in images]
-            scaled = (
-                [self._feature_pool.submit(side_scale_features, image, geometry) for image in images]
-                if with_side_scale
-                else []
+            local = [pool.submit(extract, image, extractor) for image in images]
+            at_side_scale = (
+                Later([pool.submit(side_scale_features, image, geometry) for image in images], list)
+                if not from_side_views and geometry.side_scale_width > 0
+                else None
             )
-            blocks = await asyncio.gather(*map(asyncio.wrap_future, local))
-            at_side_scale = await asyncio.gather(*map(asyncio.wrap_future, scaled))
+            features = list(await asyncio.gather(*map(asyncio.wrap_future, local)))
         vocabulary = self._vocabulary
         return BlockAnalysis(
             fingerprints=await asyncio.wrap_future(fingerprints),
-            features=[features for features, _ in blocks],
+            features=features,
             words=(
-                BlockWords(vocabulary.vocabulary_id, [words for _, words in blocks if words is not None])
+                Later(
+                    [pool.submit(vocabulary.encode, block) for block in features],
+                    partial(BlockWords, vocabulary.vocabulary_id),
+                )
                 if vocabulary is not None
                 else None
             ),
             from_side_views=from_side_views,
-            at_side_scale=list(at_side_scale) if with_side_scale else None,
+            at_side_scale=at_side_scale,
         )
-
-    def _local(
-        self, image: Image.Image, extractor: ExtractorSettings
-    ) -> tuple[LocalFeatures, SparseWords | None]:
-        """One block's local features and, with a vocabulary, their words (on the feature pool)."""
-        features = extract(image, extractor)
-        return features, self._vocabulary.encode(features) if self._vocabulary is not None else None
 
     async def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         """The blocks in each side view (left to right), on the model's thread, admitted like ``analyse``.

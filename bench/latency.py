@@ -461,8 +461,9 @@ def word_stage(
             for kind, analyses in queries.items():
                 repository.configure_search(ef_search=config.words_ef_search)
                 for index in range(repeats):
-                    words = analyses[index % len(analyses)].words
-                    assert words is not None
+                    pending = analyses[index % len(analyses)].words
+                    assert pending is not None
+                    words = pending.get()
                     started = time.perf_counter()
                     per_block = search_words(words)
                     searched = time.perf_counter()
@@ -477,8 +478,9 @@ def word_stage(
             for ef in ef_values:
                 repository.configure_search(ef_search=ef)
                 for index in range(max(repeats, len(known))):
-                    words = known[index % len(known)].words
-                    assert words is not None
+                    pending = known[index % len(known)].words
+                    assert pending is not None
+                    words = pending.get()
                     started = time.perf_counter()
                     per_block = search_words(words)
                     sweep[ef]["knn"].append(time.perf_counter() - started)

@@ -24,7 +24,7 @@ from app.db.session import throwaway_database
 from app.matching.parameters import decision_parameters_in_force
 from app.matching.repository import HNSW_M
 from app.matching.service import MatchingConfig
-from app.model_runner import BlockAnalysis, BlockWords
+from app.model_runner import BlockAnalysis, BlockWords, Later
 from app.settings import Settings
 from bench.captures import PalletImages, render_pallets
 from bench.config import EXTRAPOLATION_PALLETS, BenchConfig
@@ -131,7 +131,7 @@ def _analyses(
         BlockAnalysis(
             fingerprints=vectors,
             features=blocks,
-            words=BlockWords.encode(vocabulary, blocks) if vocabulary is not None else None,
+            words=Later.ready(BlockWords.encode(vocabulary, blocks)) if vocabulary is not None else None,
         )
         for vectors, blocks in zip(fingerprints, features, strict=True)
     ]

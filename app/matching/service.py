@@ -205,14 +205,8 @@ class MatchingService:
         embeddings = blocks.fingerprints
         if embeddings.ndim != 2 or 0 in embeddings.shape:
             raise InvalidRequestError(f"expected (blocks, dims) fingerprints, got {embeddings.shape}")
-        if len(blocks.features) != len(embeddings) or (
-            blocks.at_side_scale is not None and len(blocks.at_side_scale) != len(embeddings)
-        ):
+        if len(blocks.features) != len(embeddings):
             raise InvalidRequestError(f"{len(embeddings)} fingerprints need as many feature sets")
-        if blocks.words is not None and len(blocks.words.per_block) != len(embeddings):
-            raise InvalidRequestError(
-                f"{len(embeddings)} fingerprints but {len(blocks.words.per_block)} word vectors"
-            )
 
         self._fingerprints.lock_identification()
         if details.idempotency_key is not None:
@@ -271,7 +265,14 @@ class MatchingService:
                 ),
             )
         )
-        words, at_side_scale = blocks.words, blocks.at_side_scale
+        words = blocks.words.get() if blocks.words is not None else None
+        at_side_scale = blocks.at_side_scale.get() if blocks.at_side_scale is not None else None
+        if at_side_scale is not None and len(at_side_scale) != len(embeddings):
+            raise InvalidRequestError(f"{len(embeddings)} fingerprints need as many side-scale feature sets")
+        if words is not None and len(words.per_block) != len(embeddings):
+            raise InvalidRequestError(
+                f"{len(embeddings)} fingerprints but {len(words.per_block)} word vectors"
+            )
         self._fingerprints.add_all(
             [
                 Fingerprint(
@@ -358,7 +359,7 @@ class MatchingService:
         word_candidates = (
             (
                 lambda: self._word_candidates(
-                    kind, words, model_id, capture_events, network_checks, prefetched, side_scale
+                    kind, words.get(), model_id, capture_events, network_checks, prefetched, side_scale
                 )
             )
             if words is not None

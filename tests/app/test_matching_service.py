@@ -30,7 +30,7 @@ from app.matching.repository import (
 )
 from app.matching.schemas import MatchResult
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
-from app.model_runner import BlockAnalysis
+from app.model_runner import BlockAnalysis, Later
 from app.pallets.repository import PalletRepository
 from models.runtime.detector import Detection, crop_blocks, encode_crop
 from models.runtime.local_features import LocalFeatures, count_inliers, extract
@@ -390,7 +390,9 @@ def test_side_views_and_block_images_meet_at_the_side_view_scale(record: Record,
 
     for seed, receipt_side_scale in ((30, scaled), (31, None)):
         vectors = unit_vectors(seed)
-        receipt = record(EventKind.RECEIPT, BlockAnalysis(vectors, own, at_side_scale=receipt_side_scale))
+        receipt = record(
+            EventKind.RECEIPT, BlockAnalysis(vectors, own, at_side_scale=_ready(receipt_side_scale))
+        )
         dispatch = record(EventKind.DISPATCH, BlockAnalysis(vectors, sides, from_side_views=True))
         assert dispatch.verification is not None
         expected = inliers(sides, receipt_side_scale or own)
@@ -404,7 +406,7 @@ def test_side_views_and_block_images_meet_at_the_side_view_scale(record: Record,
 
     vectors = unit_vectors(32)
     received = record(EventKind.RECEIPT, BlockAnalysis(vectors, sides, from_side_views=True))
-    dispatched = record(EventKind.DISPATCH, BlockAnalysis(vectors, own, at_side_scale=scaled))
+    dispatched = record(EventKind.DISPATCH, BlockAnalysis(vectors, own, at_side_scale=Later.ready(scaled)))
     assert dispatched.pallet_id == received.pallet_id and dispatched.verification is not None
     assert dispatched.verification.inliers == inliers(scaled, sides)
     stored = FingerprintRepository(session).capture_features(
@@ -413,3 +415,7 @@ def test_side_views_and_block_images_meet_at_the_side_view_scale(record: Record,
     assert [None if f is None else f.to_bytes() for f in stored.at_side_scale or []] == [
         f.to_bytes() for f in scaled
     ]
+
+
+def _ready(features: list[LocalFeatures] | None) -> Later[list[LocalFeatures]] | None:
+    return Later.ready(features) if features is not None else None

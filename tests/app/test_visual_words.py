@@ -45,7 +45,7 @@ from app.matching.repository import (
 )
 from app.matching.schemas import MatchResult
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
-from app.model_runner import BlockAnalysis, BlockWords
+from app.model_runner import BlockAnalysis, BlockWords, Later
 from app.settings import Settings
 from models.runtime.checkpoint import read_metadata
 from models.runtime.visual_words import SparseWords, VisualVocabulary
@@ -78,7 +78,7 @@ def vocabulary() -> VisualVocabulary:
 
 def with_words(analysis: BlockAnalysis, vocabulary: VisualVocabulary) -> BlockAnalysis:
     """``analysis`` as the model runner makes it with a vocabulary: the words of its local features."""
-    return replace(analysis, words=BlockWords.encode(vocabulary, analysis.features))
+    return replace(analysis, words=Later.ready(BlockWords.encode(vocabulary, analysis.features)))
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def test_a_receipt_stores_the_words_of_its_blocks_and_their_vocabulary(
     stored = stored_words(session, receipt.pallet_id)
     assert [vocabulary_id for vocabulary_id, _ in stored] == [vocabulary.vocabulary_id] * 6
     assert blocks.words is not None
-    for (_, words), expected in zip(stored, blocks.words.per_block, strict=True):
+    for (_, words), expected in zip(stored, blocks.words.get().per_block, strict=True):
         assert words is not None and words.dimensions == vocabulary.size
         np.testing.assert_array_equal(words.indices, expected.indices)
         np.testing.assert_allclose(words.values, expected.values, rtol=1e-6)
@@ -158,8 +158,9 @@ def test_word_search_finds_the_pallet_of_the_same_blocks_first_through_its_index
         seed: record(EventKind.RECEIPT, with_words(block_analysis(seed=seed), vocabulary))
         for seed in (3, 4, 5, 6)
     }
-    dispatch = with_words(block_analysis(seed=5), vocabulary).words
-    assert dispatch is not None
+    pending = with_words(block_analysis(seed=5), vocabulary).words
+    assert pending is not None
+    dispatch = pending.get()
     session.execute(text(words_index_ddl(MODEL, vocabulary.vocabulary_id, vocabulary.size)))  # built at start
     repository = FingerprintRepository(session)
     repository.configure_search(ef_search=40)
@@ -330,8 +331,9 @@ def test_reindex_fills_the_words_of_rows_without_them_from_their_local_features(
     assert (report.fingerprints_filled, report.without_features) == (12, 0)
     assert seen == [(5, 12), (10, 12), (12, 12)]
     assert ReindexRepository(session).count_without_words(MODEL, vocabulary.vocabulary_id) == 0
-    expected = with_words(block_analysis(seed=13), vocabulary).words
-    assert expected is not None
+    pending = with_words(block_analysis(seed=13), vocabulary).words
+    assert pending is not None
+    expected = pending.get()
     for (vocabulary_id, words), block in zip(
         stored_words(session, without.pallet_id), expected.per_block, strict=True
     ):
