@@ -21,7 +21,6 @@ from app.images.reindex import (
     check_model_coverage,
     ensure_serving_index,
     log_side_scale_to_fill,
-    log_words_to_fill,
 )
 from app.images.router import router as images_router
 from app.images.store import ImageStore
@@ -29,6 +28,7 @@ from app.logging_setup import RequestLogMiddleware
 from app.matching.parameters import decision_parameters_in_force
 from app.matching.router import router as matching_router
 from app.matching.service import MatchingConfig
+from app.matching.word_indexer import WordIndexer
 from app.metrics.middleware import MetricsMiddleware
 from app.metrics.router import router as metrics_router
 from app.metrics.stages import install_commit_timing
@@ -124,8 +124,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.session_factory, runner.model_id, allow_partial=settings.allow_partial_coverage
         )
         ensure_serving_index(engine, runner.model_id, runner.embedding_dim, vocabulary=runner.vocabulary)
-        if runner.vocabulary_id is not None:
-            log_words_to_fill(app.state.session_factory, runner.model_id, runner.vocabulary_id)
         if matching_config.geometry.side_scale_width:
             log_side_scale_to_fill(app.state.session_factory, runner.model_id)
     except ConfigurationError as error:
@@ -137,6 +135,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.matching_config = matching_config
     app.state.decision_parameters = decision
     webhook_worker = start_webhook_worker(settings, engine)
+    word_indexer = (
+        WordIndexer(engine, runner.model_id, runner.vocabulary, poll_seconds=settings.word_index_poll_seconds)
+        if runner.vocabulary is not None
+        else None
+    )
+    if word_indexer is not None:
+        word_indexer.start(watched=app.state.session_factory)
     if not app.state.key_ring.enabled:
         warn_auth_disabled()
     logger.info(
@@ -161,6 +166,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if webhook_worker is not None:
             webhook_worker.stop()
+        if word_indexer is not None:
+            word_indexer.stop()
         app.state.model_runner = None
         runner.close()
         engine.dispose()

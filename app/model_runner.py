@@ -9,13 +9,13 @@ instead of queueing without bound while its client times out. Probes never touch
 while it is saturated.
 
 Local features (ORB, for the geometric check of the decision rule) are extracted on a small pool of their
-own while the network runs: OpenCV releases the GIL, so the two overlap. What only some decisions need but
-every stored capture keeps is computed on the same pool without being awaited there (:class:`Later`): block
-images' features at a side-view block's scale (``models.runtime.voting.side_scale_features``, about 8 ms of
-CPU a block; matched against blocks cut out of side views) and, when the checkpoint carries a visual-word
-vocabulary, each block's word vector (about 6 ms a block). They run while the forward finishes and the
-database is searched, and are waited for only where they are used: by the rule when a side view's capture
-or the word search comes up, and when the capture is stored. The same pool matches features during
+own while the network runs: OpenCV releases the GIL, so the two overlap. Block images' features at a
+side-view block's scale (``models.runtime.voting.side_scale_features``, about 8 ms of CPU a block; matched
+against blocks cut out of side views, and stored) are extracted on the same pool right after, and waited
+for only where they are used (:class:`Later`): by the rule when it meets a side view's capture, and when
+the capture is stored. When the checkpoint carries a visual-word vocabulary, the blocks' word vectors
+(about 6 ms a block) are computed only if the rule runs the word search; the stored blocks get theirs from
+the word indexer after the commit (``app.matching.word_indexer``). The same pool matches features during
 identification (:attr:`ModelRunner.feature_pool`).
 
 The block detector for side views (``models.runtime.detector.BlockDetector``), when loaded, runs on the same
@@ -34,7 +34,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
 
@@ -91,24 +90,31 @@ _Item = TypeVar("_Item")
 
 
 class Later(Generic[_Result]):
-    """Per-block values computed elsewhere (futures on the feature pool), waited for on first use only."""
+    """A value computed on first use only (once, whichever thread asks first), or already on its way."""
 
-    def __init__(
-        self,
-        futures: Sequence[concurrent.futures.Future[_Item]],
-        combine: Callable[[list[_Item]], _Result],
-    ) -> None:
-        self._futures = list(futures)
-        self._combine = combine
+    def __init__(self, compute: Callable[[], _Result]) -> None:
+        self._compute = compute
+        self._value: list[_Result] = []  # empty until computed
+        self._lock = threading.Lock()
 
     @classmethod
     def ready(cls, value: _Result) -> Later[_Result]:
         """A value that is already there (offline callers, tests)."""
-        return cls([], lambda _: value)
+        return cls(lambda: value)
+
+    @classmethod
+    def gathered(
+        cls, futures: Sequence[concurrent.futures.Future[_Item]], combine: Callable[[list[_Item]], _Result]
+    ) -> Later[_Result]:
+        """``combine`` of the results of ``futures`` already submitted (their exception, if one failed)."""
+        return cls(lambda: combine([future.result() for future in futures]))
 
     def get(self) -> _Result:
-        """The value, waiting for the futures that compute it (their exception, if one failed)."""
-        return self._combine([future.result() for future in self._futures])
+        """The value: computed (or waited for) now on first use."""
+        with self._lock:
+            if not self._value:
+                self._value.append(self._compute())
+            return self._value[0]
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,8 @@ class BlockAnalysis:
     features: list[LocalFeatures]
     """Local features of each block, for the geometric check."""
     words: Later[BlockWords] | None = None
-    """Their visual words, when the model has a vocabulary (stored, and searched for more candidates)."""
+    """Their visual words, when the model has a vocabulary (searched for more candidates when the network's
+    give no clear match; computed then)."""
     from_side_views: bool = False
     """The blocks were cut out of side views (``features`` made with ``side_view_extractor``)."""
     at_side_scale: Later[list[LocalFeatures]] | None = None
@@ -281,7 +288,7 @@ class ModelRunner:
         with timed(Stage.FEATURES):
             local = [pool.submit(extract, image, extractor) for image in images]
             at_side_scale = (
-                Later([pool.submit(side_scale_features, image, geometry) for image in images], list)
+                Later.gathered([pool.submit(side_scale_features, image, geometry) for image in images], list)
                 if not from_side_views and geometry.side_scale_width > 0
                 else None
             )
@@ -292,8 +299,7 @@ class ModelRunner:
             features=features,
             words=(
                 Later(
-                    [pool.submit(vocabulary.encode, block) for block in features],
-                    partial(BlockWords, vocabulary.vocabulary_id),
+                    lambda: BlockWords(vocabulary.vocabulary_id, list(pool.map(vocabulary.encode, features)))
                 )
                 if vocabulary is not None
                 else None

@@ -188,6 +188,14 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = Field(default=600.0, gt=0, description="Longest retry delay.")
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, description="Per delivery attempt.")
     webhook_poll_seconds: float = Field(default=1.0, gt=0, description="Worker pause when nothing is due.")
+    word_index_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "The word indexer writes the visual words of new blocks when this process commits some, and "
+            "looks for others' (other API processes, a crash) at least this often."
+        ),
+    )
 
     log_format: Literal["text", "json"] = Field(
         default="text",

@@ -138,7 +138,7 @@ class GalleryStats:
     """Build time of the visual words' HNSW index (``None``: the gallery has no words)."""
     words_index_bytes: int | None = None
     words_bytes: int | None = None
-    """Stored size of the ``visual_words`` column (TOAST included)."""
+    """Stored size of the ``block_words.words`` column (TOAST included)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,11 +246,11 @@ class Gallery:
         index_build_s = self.build_index()
         words_index_build_s = self.build_words_index()
         with self.connect(autocommit=True) as connection:
-            connection.execute("VACUUM ANALYZE pallets, events, fingerprints")
+            connection.execute("VACUUM ANALYZE pallets, events, fingerprints, block_words")
             sizes = connection.execute(
                 "SELECT pg_relation_size('fingerprints'), pg_relation_size(%s), "
                 "pg_total_relation_size('fingerprints'), pg_database_size(current_database()), "
-                "pg_relation_size(%s), (SELECT sum(pg_column_size(visual_words)) FROM fingerprints)",
+                "pg_relation_size(%s), (SELECT sum(pg_column_size(words)) FROM block_words)",
                 (self.index_name, self.words_index_name or self.index_name),
             ).fetchone()
         assert sizes is not None
@@ -357,23 +357,9 @@ class Gallery:
                     )
             with cursor.copy(
                 "COPY fingerprints (id, pallet_id, event_id, model_id, position, embedding, local_features, "
-                "side_scale_features, visual_words, vocabulary_id) FROM STDIN (FORMAT BINARY)"
+                "side_scale_features) FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(
-                    [
-                        "int8",
-                        "uuid",
-                        "int8",
-                        "varchar",
-                        "int2",
-                        "halfvec",
-                        "bytea",
-                        "bytea",
-                        "sparsevec",
-                        "varchar",
-                    ]
-                )
-                vocabulary_id = self.vocabulary.vocabulary_id if self.vocabulary is not None else None
+                copy.set_types(["int8", "uuid", "int8", "varchar", "int2", "halfvec", "bytea", "bytea"])
                 for row, vector in enumerate(vectors):
                     pallet = row // BLOCKS_PER_PALLET
                     seeded = self.pallets + pallet
@@ -391,10 +377,18 @@ class Gallery:
                             self._real_side_scale[seeded][row % BLOCKS_PER_PALLET]
                             if seeded < len(self._real_side_scale)
                             else None,
-                            words[row] if words is not None else None,
-                            vocabulary_id,
                         )
                     )
+            if words is not None and self.vocabulary is not None:
+                with cursor.copy(
+                    "COPY block_words (fingerprint_id, model_id, vocabulary_id, words) "
+                    "FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(["int8", "varchar", "varchar", "sparsevec"])
+                    for row, block in enumerate(words):
+                        copy.write_row(
+                            (first_fingerprint + row, self.model_id, self.vocabulary.vocabulary_id, block)
+                        )
         return vectors, pallet_ids
 
     def _chunk_words(self, count: int, real: int) -> list[SparseVector] | None:

@@ -168,9 +168,9 @@ class Fingerprint(Base):
     ``embedding`` has no fixed dimension: each model stores its own size. Each model's rows have their own
     partial HNSW index over ``embedding::halfvec(<its dimension>)``, built for the model in service at start
     and by ``palletreid reindex`` (``app.matching.repository.ensure_hnsw_index``); they are not declared
-    here because they follow the data, not the schema. The same holds for the visual words: one partial
-    HNSW index per model and vocabulary over ``visual_words::sparsevec(<vocabulary size>)``
-    (``ensure_words_index``).
+    here because they follow the data, not the schema. Rows are only ever inserted: a block's visual words,
+    written after its recording, live in :class:`FingerprintWords`, so that no update gives the fingerprint a
+    second entry in its HNSW index.
     """
 
     __tablename__ = "fingerprints"
@@ -192,12 +192,27 @@ class Fingerprint(Base):
     (``models.runtime.voting.side_scale_features``), matched against blocks cut out of side views; null for
     side-view blocks, when the model's geometry turns it off, and before revision 0009 (``palletreid
     reindex`` fills it)."""
-    visual_words: Mapped[SparseVector | None] = mapped_column(SPARSEVEC(), deferred=True)
-    """The block's visual-word vector (``VisualVocabulary.encode`` of its local features, unit length);
-    null when the model in service had no vocabulary, or before revision 0007 (``palletreid reindex``
-    fills it)."""
-    vocabulary_id: Mapped[str | None] = mapped_column(String(64))
-    """The vocabulary ``visual_words`` was computed with (``VisualVocabulary.vocabulary_id``)."""
+
+
+class FingerprintWords(Base):
+    """The visual-word vector of one stored block (``VisualVocabulary.encode`` of its local features).
+
+    Written by the word indexer after the block's recording has committed (``app.matching.word_indexer``),
+    not in the recording: inserting ~480 words into the words' HNSW index costs a dispatch tens of
+    milliseconds, and only later searches need them. One partial HNSW index per model and vocabulary over
+    ``words::sparsevec(<vocabulary size>)`` (``app.matching.repository.ensure_words_index``), built like
+    the fingerprints' indexes. ``model_id`` repeats the fingerprint's, for that index's predicate.
+    """
+
+    __tablename__ = "block_words"
+
+    fingerprint_id: Mapped[int] = mapped_column(
+        ForeignKey("fingerprints.id", ondelete="CASCADE"), primary_key=True
+    )
+    model_id: Mapped[str] = mapped_column(String(128))
+    vocabulary_id: Mapped[str] = mapped_column(String(64))
+    """The vocabulary ``words`` were computed with (``VisualVocabulary.vocabulary_id``)."""
+    words: Mapped[SparseVector] = mapped_column(SPARSEVEC())
 
 
 class DeliveryStatus(StrEnum):

@@ -13,7 +13,8 @@ stored images (:func:`fill_side_scale_features`); until then side views are matc
 
 Visual words (when the checkpoint carries a vocabulary) are computed from the stored local features, so rows
 that lack them, or hold words of another vocabulary, are filled without their images
-(:func:`fill_visual_words`); until then the word search does not find them.
+(:func:`fill_visual_words`; the service's word indexer does the same for what it records); until then the
+word search does not find them.
 """
 
 from __future__ import annotations
@@ -28,17 +29,18 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from sqlalchemy import ColumnElement, Engine, and_, bindparam, exists, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.db.session import unit_of_work
-from app.db.tables import BlockImage, Event, Fingerprint, Pallet, PalletStatus
+from app.db.tables import BlockImage, Event, Fingerprint, FingerprintWords, Pallet, PalletStatus
 from app.errors import ConfigurationError
 from app.images.store import ImageStore
 from app.matching.repository import FingerprintRepository, as_sparsevec, ensure_hnsw_index, ensure_words_index
 from models.runtime.images import ImageRejectedError, decode_image
 from models.runtime.local_features import LocalFeatures, extract
-from models.runtime.visual_words import VisualVocabulary
+from models.runtime.visual_words import SparseWords, VisualVocabulary
 from models.runtime.voting import GeometryParameters, side_scale_features
 
 logger = logging.getLogger(__name__)
@@ -209,15 +211,28 @@ class ReindexRepository:
         )
         return [(fingerprint_id, data) for fingerprint_id, data in rows if data is not None]
 
-    def store_words(self, words: Sequence[dict[str, object]]) -> None:
-        """Set the words of several fingerprints in one executemany: ``fingerprint_id``, ``words`` (a
-        ``sparsevec`` value) and ``vocabulary`` (its vocabulary id) per row."""
-        statement = (
-            update(Fingerprint)
-            .where(Fingerprint.id == bindparam("fingerprint_id"))
-            .values(visual_words=bindparam("words"), vocabulary_id=bindparam("vocabulary"))
+    def store_words(self, model_id: str, vocabulary_id: str, words: Mapping[int, SparseWords]) -> None:
+        """Write the words of several fingerprints (by id) of ``model_id``, computed with ``vocabulary_id``,
+        in one statement; words of another vocabulary are replaced."""
+        if not words:
+            return
+        statement = insert(FingerprintWords).values(
+            [
+                {
+                    "fingerprint_id": fingerprint_id,
+                    "model_id": model_id,
+                    "vocabulary_id": vocabulary_id,
+                    "words": as_sparsevec(block),
+                }
+                for fingerprint_id, block in words.items()
+            ]
         )
-        self._session.connection().execute(statement, list(words))
+        self._session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[FingerprintWords.fingerprint_id],
+                set_={"vocabulary_id": statement.excluded.vocabulary_id, "words": statement.excluded.words},
+            )
+        )
 
     def coverage_of(self, model_id: str) -> ModelCoverage:
         """The share of pallets (not merged) that have fingerprints of ``model_id`` (1.0 without pallets)."""
@@ -375,39 +390,57 @@ def fill_visual_words(
         repository = ReindexRepository(session)
         total = repository.count_without_words(model_id, vocabulary_id)
         without_features = repository.count_without_features(model_id)
-    filled = 0
-    after_id = 0
-    while True:
-        with unit_of_work(session_factory) as session:
-            repository = ReindexRepository(session)
-            rows = repository.lacking_words(model_id, vocabulary_id, after_id=after_id, limit=batch_size)
-            if not rows:
-                break
-            repository.store_words(
-                [
-                    {
-                        "fingerprint_id": fingerprint_id,
-                        "words": as_sparsevec(vocabulary.encode(LocalFeatures.from_bytes(data))),
-                        "vocabulary": vocabulary_id,
-                    }
-                    for fingerprint_id, data in rows
-                ]
-            )
-        after_id = rows[-1][0]
-        filled += len(rows)
-        if progress is not None:
-            progress(filled, total)
+    filled, _ = write_missing_words(
+        session_factory,
+        model_id=model_id,
+        vocabulary=vocabulary,
+        batch_size=batch_size,
+        progress=(lambda written: progress(written, total)) if progress is not None else None,
+    )
     return WordsReport(
         vocabulary_id=vocabulary_id, fingerprints_filled=filled, without_features=without_features
     )
 
 
+def write_missing_words(
+    session_factory: Callable[[], Session],
+    *,
+    model_id: str,
+    vocabulary: VisualVocabulary,
+    after_id: int = 0,
+    batch_size: int = WORDS_BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
+    stopped: Callable[[], bool] = lambda: False,
+) -> tuple[int, int]:
+    """Write the words of the fingerprints of ``model_id`` with ids above ``after_id`` that lack words of
+    ``vocabulary``, from their stored local features, one transaction per batch (in id order) until none is
+    left or ``stopped()``. Returns how many were written and the last id handled (``after_id`` if none);
+    ``progress`` is called with the count so far after each batch."""
+    vocabulary_id = vocabulary.vocabulary_id
+    written = 0
+    while not stopped():
+        with unit_of_work(session_factory) as session:
+            repository = ReindexRepository(session)
+            rows = repository.lacking_words(model_id, vocabulary_id, after_id=after_id, limit=batch_size)
+            repository.store_words(
+                model_id,
+                vocabulary_id,
+                {block: vocabulary.encode(LocalFeatures.from_bytes(data)) for block, data in rows},
+            )
+        if not rows:
+            break
+        after_id = rows[-1][0]
+        written += len(rows)
+        if progress is not None:
+            progress(written)
+    return written, after_id
+
+
 def _lacking_words(model_id: str, vocabulary_id: str) -> ColumnElement[bool]:
-    return and_(
-        Fingerprint.model_id == model_id,
-        Fingerprint.vocabulary_id.is_distinct_from(vocabulary_id),
-        Fingerprint.local_features.is_not(None),
+    has_words = exists().where(
+        FingerprintWords.fingerprint_id == Fingerprint.id, FingerprintWords.vocabulary_id == vocabulary_id
     )
+    return and_(Fingerprint.model_id == model_id, Fingerprint.local_features.is_not(None), ~has_words)
 
 
 def _lacking_side_scale(model_id: str) -> ColumnElement[bool]:
@@ -452,6 +485,7 @@ def _write(
         pallets = repository.current_pallets(order)
         done = repository.already_done(order, model_id)  # a concurrent run got there first
         rows: list[Fingerprint] = []
+        added: list[LocalFeatures] = []
         events = 0
         offset = 0
         for event_id in order:
@@ -467,17 +501,18 @@ def _write(
                         embedding=vectors[offset + position],
                         local_features=features[offset + position].to_bytes(),
                         side_scale_features=_bytes_or_none(at_side_scale[offset + position]),
-                        visual_words=(
-                            as_sparsevec(vocabulary.encode(features[offset + position]))
-                            if vocabulary is not None
-                            else None
-                        ),
-                        vocabulary_id=vocabulary.vocabulary_id if vocabulary is not None else None,
                     )
                     for position in range(count)
                 )
+                added.extend(features[offset : offset + count])
             offset += count
         FingerprintRepository(session).add_all(rows)
+        if vocabulary is not None:
+            repository.store_words(
+                model_id,
+                vocabulary.vocabulary_id,
+                {row.id: vocabulary.encode(block) for row, block in zip(rows, added, strict=True)},
+            )
     return events, len(rows)
 
 
@@ -575,24 +610,3 @@ def log_side_scale_to_fill(session_factory: Callable[[], Session], model_id: str
             missing,
             model_id,
         )
-
-
-def log_words_to_fill(session_factory: Callable[[], Session], model_id: str, vocabulary_id: str) -> None:
-    """At start: how many fingerprints of the model in service lack words of its vocabulary (the word
-    search does not find them until ``palletreid reindex`` fills them)."""
-    try:
-        with session_factory() as session:
-            missing = ReindexRepository(session).count_without_words(model_id, vocabulary_id)
-    except SQLAlchemyError as error:
-        logger.warning("fingerprints without visual words not counted (%s)", type(error).__name__)
-        return
-    if missing:
-        logger.warning(
-            "%d fingerprints of %s have no visual words of %s: the word search does not find them until "
-            "`palletreid reindex --checkpoint <this model>` fills them",
-            missing,
-            model_id,
-            vocabulary_id,
-        )
-    else:
-        logger.info("every fingerprint of %s has visual words of %s", model_id, vocabulary_id)

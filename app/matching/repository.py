@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import TableValuedAlias
 
-from app.db.tables import Event, Fingerprint, Pallet
+from app.db.tables import Event, Fingerprint, FingerprintWords, Pallet
 from models.runtime.local_features import LocalFeatures
 from models.runtime.visual_words import SparseWords, VisualVocabulary
 from models.runtime.voting import CaptureFeatures, unit_rows
@@ -48,15 +48,14 @@ INDEX_BUILD_LOCK_KEY = zlib.crc32(b"palletreid:hnsw-index-build")
 """Key of the session-level advisory lock under which a model's HNSW index is checked and built."""
 
 HNSW_INDEX_PREFIX = "ix_fingerprints_hnsw_"
-WORDS_INDEX_PREFIX = HNSW_INDEX_PREFIX + "words_"
+WORDS_INDEX_PREFIX = "ix_block_words_hnsw_"
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 WORDS_HNSW_M = 8
 WORDS_HNSW_EF_CONSTRUCTION = 32
 """The visual-word index is built lighter than the fingerprints': each block's ~480 words make an HNSW
-insert cost 20-25 ms of sparse inner products at ``m`` 16 / ``ef_construction`` 64, the largest part of a
-dispatch's storage step (docs/benchmarks.md, "The storage step"). Migration 0008 drops indexes built with
-the old values, so that the service rebuilds them with these at its next start."""
+insert cost 20-25 ms of sparse inner products at ``m`` 16 / ``ef_construction`` 64 (docs/benchmarks.md, "The
+storage step"); the word indexer pays it now, after the recording, and keeps up with fewer threads."""
 MAX_INDEXED_DIM = 4000
 """pgvector indexes ``halfvec`` of up to 4 000 dimensions."""
 
@@ -266,23 +265,23 @@ def hnsw_index_ddl(model_id: str, dim: int, *, concurrently: bool = False) -> st
 
 
 def words_index_name(model_id: str, vocabulary_id: str) -> str:
-    """Name of the HNSW index over the visual words of ``model_id``'s rows computed with ``vocabulary_id``
-    (under :data:`HNSW_INDEX_PREFIX`, like the fingerprints' indexes: both follow the data)."""
+    """Name of the HNSW index over the visual words of ``model_id``'s blocks computed with ``vocabulary_id``
+    (a digest, like the fingerprints' indexes: both follow the data)."""
     digest = hashlib.sha256(f"{model_id}\n{vocabulary_id}".encode()).hexdigest()[:16]
     return WORDS_INDEX_PREFIX + digest
 
 
 def words_index_ddl(model_id: str, vocabulary_id: str, size: int, *, concurrently: bool = False) -> str:
-    """``CREATE INDEX`` of the visual-word index: partial over the rows of ``model_id`` whose words were
-    computed with ``vocabulary_id``, on ``visual_words::sparsevec(size)`` with inner-product operators (the
+    """``CREATE INDEX`` of the visual-word index: partial over the ``block_words`` of ``model_id`` computed
+    with ``vocabulary_id``, on ``words::sparsevec(size)`` with inner-product operators (the
     vectors are unit length: the inner product is their cosine). :func:`nearest_words_per_block_query`
     filters on the same literals and orders by the same expression."""
     if size < 1:
         raise ValueError(f"a vocabulary has at least one word, not {size}")
     return (
         f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS "
-        f"{words_index_name(model_id, vocabulary_id)} ON {Fingerprint.__tablename__} USING hnsw "
-        f"((visual_words::sparsevec({size})) sparsevec_ip_ops) "
+        f"{words_index_name(model_id, vocabulary_id)} ON {FingerprintWords.__tablename__} USING hnsw "
+        f"((words::sparsevec({size})) sparsevec_ip_ops) "
         f"WITH (m = {WORDS_HNSW_M}, ef_construction = {WORDS_HNSW_EF_CONSTRUCTION}) "
         f"WHERE model_id = {_quoted(model_id)} AND vocabulary_id = {_quoted(vocabulary_id)}"
     )
@@ -290,7 +289,7 @@ def words_index_ddl(model_id: str, vocabulary_id: str, size: int, *, concurrentl
 
 def words_index_valid(connection: Connection | Session, model_id: str, vocabulary_id: str) -> bool | None:
     """:func:`hnsw_index_valid` for the visual-word index of ``model_id`` and ``vocabulary_id``."""
-    return _index_valid(connection, words_index_name(model_id, vocabulary_id))
+    return _index_valid(connection, words_index_name(model_id, vocabulary_id), FingerprintWords.__tablename__)
 
 
 def _quoted(value: str) -> str:
@@ -301,16 +300,16 @@ def _quoted(value: str) -> str:
 def hnsw_index_valid(connection: Connection | Session, model_id: str) -> bool | None:
     """Whether ``model_id``'s HNSW index is usable: ``None`` without one, ``False`` for one left invalid by
     an interrupted ``CREATE INDEX CONCURRENTLY``."""
-    return _index_valid(connection, hnsw_index_name(model_id))
+    return _index_valid(connection, hnsw_index_name(model_id), Fingerprint.__tablename__)
 
 
-def _index_valid(connection: Connection | Session, name: str) -> bool | None:
+def _index_valid(connection: Connection | Session, name: str, table: str) -> bool | None:
     valid: bool | None = connection.execute(
         text(
             "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "WHERE c.relname = :name AND i.indrelid = to_regclass(:table)"
         ),
-        {"name": name, "table": Fingerprint.__tablename__},
+        {"name": name, "table": table},
     ).scalar_one_or_none()
     return valid
 
@@ -331,6 +330,7 @@ def ensure_hnsw_index(
         hnsw_index_name(model_id),
         hnsw_index_ddl(model_id, dim, concurrently=True),
         f"the {dim}-dim fingerprints of {model_id}",
+        Fingerprint.__tablename__,
         lock_timeout_s,
     )
 
@@ -344,12 +344,13 @@ def ensure_words_index(
         words_index_name(model_id, vocabulary.vocabulary_id),
         words_index_ddl(model_id, vocabulary.vocabulary_id, vocabulary.size, concurrently=True),
         f"the visual words ({vocabulary.vocabulary_id}) of {model_id}",
+        FingerprintWords.__tablename__,
         lock_timeout_s,
     )
 
 
 def _ensure_index(
-    engine: Engine, name: str, ddl: str, description: str, lock_timeout_s: float | None
+    engine: Engine, name: str, ddl: str, description: str, table: str, lock_timeout_s: float | None
 ) -> bool:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         timeout = "0" if lock_timeout_s is None else f"{round(lock_timeout_s * 1000)}ms"
@@ -357,15 +358,15 @@ def _ensure_index(
         try:
             connection.execute(select(func.pg_advisory_lock(INDEX_BUILD_LOCK_KEY)))
             try:
-                return _build_index(connection, name, ddl, description)
+                return _build_index(connection, name, ddl, description, table)
             finally:
                 connection.execute(select(func.pg_advisory_unlock(INDEX_BUILD_LOCK_KEY)))
         finally:  # the connection goes back to the pool
             connection.execute(text("RESET lock_timeout"))
 
 
-def _build_index(connection: Connection, name: str, ddl: str, description: str) -> bool:
-    valid = _index_valid(connection, name)
+def _build_index(connection: Connection, name: str, ddl: str, description: str, table: str) -> bool:
+    valid = _index_valid(connection, name, table)
     if valid:
         return False
     if valid is False:
@@ -530,9 +531,11 @@ def words_from_binary(data: bytes) -> SparseWords:
 
 
 def _of_vocabulary(model_id: str, vocabulary_id: str) -> ColumnElement[bool]:
-    """Rows of ``model_id`` with words of ``vocabulary_id``, as literals (the words index's predicate)."""
+    """Words of ``model_id``'s blocks computed with ``vocabulary_id``, as literals (the words index's
+    predicate; see :func:`_of_model`)."""
     return and_(
-        _of_model(model_id), Fingerprint.vocabulary_id == literal(vocabulary_id, String, literal_execute=True)
+        FingerprintWords.model_id == literal(model_id, String, literal_execute=True),
+        FingerprintWords.vocabulary_id == literal(vocabulary_id, String, literal_execute=True),
     )
 
 
@@ -543,7 +546,8 @@ def nearest_words_per_block_query(
     the negative inner product (pgvector's ``<#>``; the vectors are unit length, so minus the cosine).
 
     Built like :func:`nearest_per_block_query`: a ``LATERAL`` index scan per block over the words' partial
-    HNSW index (``visual_words::sparsevec(<size>)``, rows of ``model_id`` and ``vocabulary_id``).
+    HNSW index (``words::sparsevec(<size>)``, blocks of ``model_id`` and ``vocabulary_id``), the blocks found
+    joined to their fingerprints' pallets.
     """
     if not words:
         raise ValueError("no query blocks")
@@ -556,8 +560,22 @@ def nearest_words_per_block_query(
         .table_valued("words", with_ordinality="block")
         .render_derived(name="query_blocks")
     )
-    distance = cast(Fingerprint.visual_words, SPARSEVEC(size)).max_inner_product(blocks.c.words)
-    return _nearest_per_query_block(blocks, distance, _of_vocabulary(model_id, vocabulary_id), limit)
+    distance = cast(FingerprintWords.words, SPARSEVEC(size)).max_inner_product(blocks.c.words)
+    nearest = (
+        select(FingerprintWords.fingerprint_id, distance.label("distance"))
+        .where(_of_vocabulary(model_id, vocabulary_id))
+        .order_by(distance)
+        .limit(limit)
+        .lateral("nearest")
+    )
+    return (
+        select(blocks.c.block, Fingerprint.pallet_id, Pallet.status, nearest.c.distance)
+        .select_from(blocks)
+        .join(nearest, true())
+        .join(Fingerprint, Fingerprint.id == nearest.c.fingerprint_id)
+        .join(Pallet, Pallet.id == Fingerprint.pallet_id)
+        .order_by(blocks.c.block, nearest.c.distance)
+    )
 
 
 def latest_words_query(
@@ -572,16 +590,16 @@ def latest_words_query(
             Fingerprint.pallet_id,
             Fingerprint.event_id,
             Fingerprint.position,
-            func.sparsevec_send(Fingerprint.visual_words, type_=LargeBinary).label("words"),
+            func.sparsevec_send(FingerprintWords.words, type_=LargeBinary).label("words"),
             func.dense_rank()
             .over(partition_by=Fingerprint.pallet_id, order_by=Fingerprint.event_id.desc())
             .label("recency"),
         )
+        .join(FingerprintWords, FingerprintWords.fingerprint_id == Fingerprint.id)
         .where(
             Fingerprint.pallet_id.in_(pallet_ids),
             Fingerprint.model_id == model_id,
-            Fingerprint.vocabulary_id == vocabulary_id,
-            Fingerprint.visual_words.is_not(None),
+            FingerprintWords.vocabulary_id == vocabulary_id,
         )
         .subquery()
     )

@@ -45,7 +45,7 @@ from app.errors import (
 )
 from app.events.repository import EventRepository
 from app.images.service import BlockImageRecorder
-from app.matching.repository import FingerprintRepository, StoredCapture, StoredNeighbour, as_sparsevec
+from app.matching.repository import FingerprintRepository, StoredCapture, StoredNeighbour
 from app.matching.schemas import BlockMatch, CandidateMatch, MatchResult, SideDetections, Verification
 from app.metrics.stages import Stage, StageStopwatch
 from app.model_runner import BlockAnalysis, BlockWords
@@ -265,14 +265,9 @@ class MatchingService:
                 ),
             )
         )
-        words = blocks.words.get() if blocks.words is not None else None
         at_side_scale = blocks.at_side_scale.get() if blocks.at_side_scale is not None else None
         if at_side_scale is not None and len(at_side_scale) != len(embeddings):
             raise InvalidRequestError(f"{len(embeddings)} fingerprints need as many side-scale feature sets")
-        if words is not None and len(words.per_block) != len(embeddings):
-            raise InvalidRequestError(
-                f"{len(embeddings)} fingerprints but {len(words.per_block)} word vectors"
-            )
         self._fingerprints.add_all(
             [
                 Fingerprint(
@@ -285,8 +280,6 @@ class MatchingService:
                     side_scale_features=(
                         at_side_scale[position].to_bytes() if at_side_scale is not None else None
                     ),
-                    visual_words=as_sparsevec(words.per_block[position]) if words is not None else None,
-                    vocabulary_id=words.vocabulary_id if words is not None else None,
                 )
                 for position, (vector, features) in enumerate(zip(embeddings, blocks.features, strict=True))
             ]
@@ -320,8 +313,9 @@ class MatchingService:
         With visual words (``blocks.words``), when the network's candidates give no clear match, the blocks
         sharing the most words are found in one more statement and their pallets ranked by word pairing
         (``_word_candidates``), and the rule checks the best of them too. Only then (timed as ``verify``):
-        the word search costs tens of milliseconds (sparse k-NN, the shortlisted pallets' words, pairing
-        them), which a query the network's candidates clearly match does not need.
+        the word search costs tens of milliseconds (the query's words, sparse k-NN, the shortlisted pallets'
+        words, pairing them), which a query the network's candidates clearly match does not need. The words
+        of the blocks recorded here are written after the commit (``app.matching.word_indexer``).
         A pallet recorded before local features were stored cannot be verified: if the network alone
         matched it, the query is flagged for review rather than merged (or silently registered).
         """

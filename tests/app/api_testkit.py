@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import socket
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -71,3 +72,12 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], what: str, *, deadline_s: float = 120.0) -> None:
+    """Poll ``condition`` until it holds (a background thread's work); fail after ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.02)

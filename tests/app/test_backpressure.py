@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import anyio.to_thread
 import httpx
 import numpy as np
 import pytest
-from api_testkit import FreshDatabase, block_files, noise_block_features, noise_blocks
+from api_testkit import FreshDatabase, block_files, noise_block_features, noise_blocks, wait_until
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -52,14 +51,6 @@ class GatedModel:
         if not self.gate.wait(LIVENESS_DEADLINE_S):
             raise RuntimeError("the test never opened the gate")
         return self._model.embed(images, batch_size)
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + LIVENESS_DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.02)
 
 
 def test_the_runner_admits_a_bounded_number_of_requests(tiny_checkpoint: Path) -> None:
@@ -173,7 +164,7 @@ def test_side_scale_features_are_waited_for_only_when_a_side_view_capture_is_com
     pending: Future[LocalFeatures] = Future()
     features = noise_block_features(1, count=1)
     query = BlockAnalysis(
-        np.ones((1, 4), dtype=np.float32), features, at_side_scale=Later([pending], list)
+        np.ones((1, 4), dtype=np.float32), features, at_side_scale=Later.gathered([pending], list)
     ).capture_features()
 
     own, stored = query.compared_with(CaptureFeatures(features))  # returns although pending is not done

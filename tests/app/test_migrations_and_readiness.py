@@ -19,7 +19,7 @@ from sqlalchemy import Connection, create_engine, inspect, text
 from app.db.base import Base
 from app.db.migrations import alembic_config, downgrade_to_base, head_revisions, upgrade_to_head
 from app.main import create_app
-from app.matching.repository import HNSW_INDEX_PREFIX, hnsw_index_name, nearest_query
+from app.matching.repository import HNSW_INDEX_PREFIX, WORDS_INDEX_PREFIX, hnsw_index_name, nearest_query
 from app.settings import Settings
 from models.runtime.checkpoint import read_metadata
 
@@ -30,6 +30,7 @@ TABLES = {
     "pallets",
     "events",
     "fingerprints",
+    "block_words",
     "idempotency_keys",
     "block_images",
     "reviews",
@@ -117,7 +118,9 @@ def _not_a_model_index(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
     """Per-model HNSW indexes follow the data (built at start and by reindex), not the ORM metadata."""
-    return not (type_ == "index" and name is not None and name.startswith(HNSW_INDEX_PREFIX))
+    return not (
+        type_ == "index" and name is not None and name.startswith((HNSW_INDEX_PREFIX, WORDS_INDEX_PREFIX))
+    )
 
 
 def _add_fingerprint(connection: Connection, model_id: str, vector: np.ndarray) -> None:

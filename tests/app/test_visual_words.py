@@ -1,6 +1,7 @@
-"""Visual words in the service: stored with each block, searched through their own HNSW index as a second
-source of candidates, filled by the reindex for rows stored without them. Real PostgreSQL, real local
-features of noise images, a real (tiny) vocabulary learned from other noise images."""
+"""Visual words in the service: written for each recorded block by the word indexer after the commit,
+searched through their own HNSW index as a second source of candidates, filled by the reindex for rows
+stored without them. Real PostgreSQL, real local features of noise images, a real (tiny) vocabulary learned
+from other noise images."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from api_testkit import (
     noise_block_features,
     noise_blocks,
     unit_vectors,
+    wait_until,
 )
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, create_engine, event, func, inspect, select, text, update
@@ -30,12 +32,13 @@ from sqlalchemy.orm import Session
 from app.cli import main
 from app.db.migrations import alembic_config, upgrade_to_head
 from app.db.session import unit_of_work
-from app.db.tables import EventKind, Fingerprint, MatchDecision
-from app.images.reindex import ReindexRepository, fill_visual_words
+from app.db.tables import EventKind, Fingerprint, FingerprintWords, MatchDecision
+from app.images.reindex import ReindexRepository, fill_visual_words, write_missing_words
 from app.main import create_app
 from app.matching.repository import (
     WORDS_HNSW_EF_CONSTRUCTION,
     WORDS_HNSW_M,
+    WORDS_INDEX_PREFIX,
     FingerprintRepository,
     nearest_words_per_block_query,
     words_from_binary,
@@ -82,14 +85,19 @@ def with_words(analysis: BlockAnalysis, vocabulary: VisualVocabulary) -> BlockAn
 
 
 @pytest.fixture
-def record(session_factory: Callable[[], Session]) -> Record:
+def record(session_factory: Callable[[], Session], vocabulary: VisualVocabulary) -> Record:
+    """Record, then (blocks with words: a model with a vocabulary) write the words as the indexer does."""
+
     def run(
         kind: EventKind, blocks: BlockAnalysis, config: MatchingConfig = NETWORK_REACH_ONE
     ) -> MatchResult:
         with unit_of_work(session_factory) as session:
-            return MatchingService(session, config).record(
+            result = MatchingService(session, config).record(
                 kind, blocks, model_id=MODEL, details=EventDetails()
             )
+        if blocks.words is not None:
+            write_missing_words(session_factory, model_id=MODEL, vocabulary=vocabulary)
+        return result
 
     return run
 
@@ -103,10 +111,9 @@ def post(client: TestClient, path: str, blobs: list[bytes]) -> dict[str, Any]:
 
 def stored_words(session: Session, pallet_id: uuid.UUID) -> list[tuple[str | None, SparseWords | None]]:
     rows = session.execute(
-        select(
-            Fingerprint.vocabulary_id,
-            func.sparsevec_send(Fingerprint.visual_words),
-        )
+        select(FingerprintWords.vocabulary_id, func.sparsevec_send(FingerprintWords.words))
+        .select_from(Fingerprint)
+        .outerjoin(FingerprintWords, FingerprintWords.fingerprint_id == Fingerprint.id)
         .where(Fingerprint.pallet_id == pallet_id)
         .order_by(Fingerprint.event_id, Fingerprint.position)
     ).all()
@@ -115,31 +122,75 @@ def stored_words(session: Session, pallet_id: uuid.UUID) -> list[tuple[str | Non
     ]
 
 
-def test_migration_0007_adds_the_word_columns_and_takes_them_back(fresh_database: FreshDatabase) -> None:
-    def columns(url: str) -> dict[str, str]:
-        engine = create_engine(url)
-        with engine.connect() as connection:
-            found = {
-                column["name"]: f"{column['type']} {'null' if column['nullable'] else 'not null'}"
-                for column in inspect(connection).get_columns("fingerprints")
-            }
-        engine.dispose()
-        return {name: kind for name, kind in found.items() if name in {"visual_words", "vocabulary_id"}}
-
+def test_migration_0010_moves_the_words_into_their_own_table_and_back(fresh_database: FreshDatabase) -> None:
+    words = "{1:0.6,5:0.8}/128"
     with fresh_database() as url:
-        upgrade_to_head(url)
-        assert columns(url) == {"visual_words": "SPARSEVEC null", "vocabulary_id": "VARCHAR(64) null"}
-        command.downgrade(alembic_config(url), "0006")
-        assert columns(url) == {}
-        upgrade_to_head(url)
-        assert set(columns(url)) == {"visual_words", "vocabulary_id"}
+        config = alembic_config(url)
+        command.upgrade(config, "0009")
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            pallet = uuid.uuid4()
+            connection.execute(
+                text(
+                    "INSERT INTO pallets (id, status, first_seen, last_seen) "
+                    "VALUES (:id, 'in_stock', now(), now())"
+                ),
+                {"id": pallet},
+            )
+            event_id = connection.execute(
+                text(
+                    "INSERT INTO events (pallet_id, kind, decision, votes, blocks_compared, model_id, "
+                    "result) VALUES (:pallet, 'receipt', 'registered', 0, 0, 'model-a', '{}') RETURNING id"
+                ),
+                {"pallet": pallet},
+            ).scalar_one()
+            with_words, without = (
+                connection.execute(
+                    text(
+                        "INSERT INTO fingerprints (pallet_id, event_id, model_id, position, embedding, "
+                        "visual_words, vocabulary_id) VALUES (:pallet, :event, 'model-a', :position, "
+                        "'[1,0,0]', CAST(:words AS sparsevec), :vocabulary) RETURNING id"
+                    ),
+                    {
+                        "pallet": pallet,
+                        "event": event_id,
+                        "position": position,
+                        "words": value,
+                        "vocabulary": vocab,
+                    },
+                ).scalar_one()
+                for position, value, vocab in ((0, words, "words-a"), (1, None, None))
+            )
+
+        command.upgrade(config, "0010")
+
+        with engine.begin() as connection:
+            moved = connection.execute(
+                text("SELECT fingerprint_id, model_id, vocabulary_id, words::text FROM block_words")
+            ).all()
+            assert [tuple(row) for row in moved] == [(with_words, "model-a", "words-a", words)]
+            columns = {column["name"] for column in inspect(connection).get_columns("fingerprints")}
+            assert not columns & {"visual_words", "vocabulary_id"}
+        command.downgrade(config, "0009")
+        with engine.begin() as connection:
+            back = connection.execute(
+                text("SELECT id, vocabulary_id, visual_words::text FROM fingerprints ORDER BY id")
+            ).all()
+            assert [tuple(row) for row in back] == [(with_words, "words-a", words), (without, None, None)]
+            assert "block_words" not in inspect(connection).get_table_names()
+        engine.dispose()
 
 
-def test_a_receipt_stores_the_words_of_its_blocks_and_their_vocabulary(
-    record: Record, session: Session, vocabulary: VisualVocabulary
+def test_the_words_of_a_receipts_blocks_are_written_after_it_with_their_vocabulary(
+    session_factory: Callable[[], Session], session: Session, vocabulary: VisualVocabulary
 ) -> None:
     blocks = with_words(block_analysis(seed=1), vocabulary)
-    receipt = record(EventKind.RECEIPT, blocks)
+    with unit_of_work(session_factory) as recording:
+        receipt = MatchingService(recording, NETWORK_REACH_ONE).record(
+            EventKind.RECEIPT, blocks, model_id=MODEL, details=EventDetails()
+        )
+    assert stored_words(session, receipt.pallet_id) == [(None, None)] * 6, "not in the recording"
+    assert write_missing_words(session_factory, model_id=MODEL, vocabulary=vocabulary, batch_size=4)[0] == 6
     stored = stored_words(session, receipt.pallet_id)
     assert [vocabulary_id for vocabulary_id, _ in stored] == [vocabulary.vocabulary_id] * 6
     assert blocks.words is not None
@@ -147,8 +198,8 @@ def test_a_receipt_stores_the_words_of_its_blocks_and_their_vocabulary(
         assert words is not None and words.dimensions == vocabulary.size
         np.testing.assert_array_equal(words.indices, expected.indices)
         np.testing.assert_allclose(words.values, expected.values, rtol=1e-6)
-    without = record(EventKind.RECEIPT, block_analysis(seed=2))
-    assert stored_words(session, without.pallet_id) == [(None, None)] * 6, "a model without a vocabulary"
+    assert write_missing_words(session_factory, model_id=MODEL, vocabulary=vocabulary) == (0, 0)
+    assert write_missing_words(session_factory, model_id="another-model", vocabulary=vocabulary)[0] == 0
 
 
 def test_word_search_finds_the_pallet_of_the_same_blocks_first_through_its_index(
@@ -227,7 +278,7 @@ def test_the_word_search_runs_only_when_the_network_gives_no_clear_match(
 
     def note_word_reads(*args: object) -> None:
         sql = str(args[2])
-        if sql.lstrip().startswith("SELECT") and "visual_words" in sql:
+        if sql.lstrip().startswith("SELECT") and "block_words.words" in sql:  # not the indexer's
             statements.append(sql)
 
     event.listen(connection, "before_cursor_execute", note_word_reads)
@@ -311,12 +362,18 @@ def test_a_returning_pallet_is_received_through_its_words_but_not_while_in_stock
 def test_reindex_fills_the_words_of_rows_without_them_from_their_local_features(
     record: Record, session: Session, session_factory: Callable[[], Session], vocabulary: VisualVocabulary
 ) -> None:
-    without = record(EventKind.RECEIPT, block_analysis(seed=13))
+    current = record(EventKind.RECEIPT, with_words(block_analysis(seed=15), vocabulary))
     stale = record(EventKind.RECEIPT, with_words(block_analysis(seed=14), vocabulary))
     session.execute(
-        update(Fingerprint).where(Fingerprint.pallet_id == stale.pallet_id).values(vocabulary_id="words-old")
+        update(FingerprintWords)
+        .where(
+            FingerprintWords.fingerprint_id.in_(
+                select(Fingerprint.id).where(Fingerprint.pallet_id == stale.pallet_id)
+            )
+        )
+        .values(vocabulary_id="words-old")
     )
-    current = record(EventKind.RECEIPT, with_words(block_analysis(seed=15), vocabulary))
+    without = record(EventKind.RECEIPT, block_analysis(seed=13))  # no words: the indexer does not run
     assert ReindexRepository(session).count_without_words(MODEL, vocabulary.vocabulary_id) == 12
     seen: list[tuple[int, int]] = []
 
@@ -345,7 +402,7 @@ def test_reindex_fills_the_words_of_rows_without_them_from_their_local_features(
     assert again.fingerprints_filled == 0
 
 
-def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_the_older_rows(
+def test_a_service_with_a_vocabulary_writes_the_words_of_new_and_older_blocks_after_the_commit(
     fresh_database: FreshDatabase,
     tiny_checkpoint: Path,
     words_checkpoint: Path,
@@ -378,9 +435,17 @@ def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_
             dispatch = post(served, "/v1/dispatches", noise_blocks(122, count=2))
             assert dispatch["decision"] == "matched"
             engine = create_engine(url)
+            pallet = uuid.UUID(dispatch["pallet_id"])
+
+            def stored_now() -> list[tuple[str | None, SparseWords | None]]:
+                with Session(bind=engine) as session:
+                    return stored_words(session, pallet)
+
+            # the receipt's blocks (recorded without a vocabulary) at start, the dispatch's after its commit
+            wait_until(lambda: all(v == vocabulary_id for v, _ in stored_now()), "the words were written")
+            stored = stored_now()
             with engine.connect() as connection:
                 assert words_index_valid(connection, model_id, vocabulary_id), "built at start"
-                stored = stored_words(Session(bind=connection), uuid.UUID(dispatch["pallet_id"]))
             with engine.begin() as connection:
                 connection.execute(text(f"DROP INDEX {words_index_name(model_id, vocabulary_id)}"))
             not_ready = served.get("/readyz")
@@ -388,20 +453,17 @@ def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_
             assert f"no valid HNSW index for the visual words {vocabulary_id}" in not_ready.json()["detail"]
         messages = [record.getMessage() for record in caplog.records]
         assert any(f"visual words {vocabulary_id}, block detector" in message for message in messages)
-        assert any(
-            f"4 fingerprints of {model_id} have no visual words of {vocabulary_id}" in message
-            for message in messages
-        ), messages
+        assert len(stored) == 4, "the receipt's blocks, then the dispatch's"
+        assert all(words is not None and len(words) for _, words in stored)
 
-        assert [v for v, _ in stored] == [None, None, vocabulary_id, vocabulary_id], "receipt, then dispatch"
-        assert all(words is not None and len(words) for _, words in stored[2:])
-
+        with engine.begin() as connection:  # words lost (say, restored from a backup without them)
+            connection.execute(text("DELETE FROM block_words"))
         monkeypatch.setenv("DATABASE_URL", url)
         monkeypatch.setenv("PALLETREID_IMAGE_STORE", str(images))
         assert main(["reindex", "--checkpoint", str(words_checkpoint), "--threads", "1"]) == 0
         out = capsys.readouterr().out
         assert (
-            f"visual words {vocabulary_id}: 4 fingerprints filled from their local features, "
+            f"visual words {vocabulary_id}: 6 fingerprints filled from their local features, "
             "0 without local features (no words); their HNSW index built"
         ) in out
         with engine.connect() as connection:
@@ -411,31 +473,28 @@ def test_a_service_with_a_vocabulary_indexes_and_stores_words_and_reindex_fills_
             assert words_index_valid(connection, model_id, vocabulary_id)
         engine.dispose()
 
-        caplog.clear()
-        with TestClient(create_app(make_settings(url, words_checkpoint, image_store=images))):
-            pass
-        assert any(
-            f"every fingerprint of {model_id} has visual words of {vocabulary_id}" in record.getMessage()
-            for record in caplog.records
-        )
 
-
-def test_migration_0008_drops_heavy_word_indexes_and_the_service_rebuilds_them_lighter(
+def test_word_indexes_of_before_0010_go_and_the_service_builds_the_lighter_one_on_block_words(
     fresh_database: FreshDatabase,
     words_checkpoint: Path,
     make_settings: SettingsFactory,
     vocabulary: VisualVocabulary,
     tmp_path: Path,
 ) -> None:
+    """Before 0008 the service built the word index on ``fingerprints`` with ``m`` 16; 0008 drops such
+    indexes, 0010 the columns under them; the service then builds its lighter one over ``block_words``."""
     model_id = read_metadata(words_checkpoint).model_id
-    name = words_index_name(model_id, vocabulary.vocabulary_id)
-    lighter = f"m = {WORDS_HNSW_M}, ef_construction = {WORDS_HNSW_EF_CONSTRUCTION}"
-    heavy = words_index_ddl(model_id, vocabulary.vocabulary_id, vocabulary.size).replace(
-        lighter, "m = 16, ef_construction = 64"
+    vocabulary_id = vocabulary.vocabulary_id
+    digest = words_index_name(model_id, vocabulary_id).removeprefix(WORDS_INDEX_PREFIX)
+    old_name = "ix_fingerprints_hnsw_words_" + digest
+    heavy = (
+        f"CREATE INDEX {old_name} ON fingerprints USING hnsw "
+        f"((visual_words::sparsevec({vocabulary.size})) sparsevec_ip_ops) "
+        "WITH (m = 16, ef_construction = 64) "
+        f"WHERE model_id = '{model_id}' AND vocabulary_id = '{vocabulary_id}'"
     )
-    assert lighter not in heavy
 
-    def options(url: str) -> list[str] | None:
+    def options(url: str, name: str) -> list[str] | None:
         engine = create_engine(url)
         with engine.connect() as connection:
             found: list[str] | None = connection.execute(
@@ -450,10 +509,14 @@ def test_migration_0008_drops_heavy_word_indexes_and_the_service_rebuilds_them_l
         with engine.begin() as connection:
             connection.execute(text(heavy))
         engine.dispose()
-        assert options(url) == ["m=16", "ef_construction=64"], "as the service built it before 0008"
+        assert options(url, old_name) == ["m=16", "ef_construction=64"], "as the service built it before 0008"
         upgrade_to_head(url)
-        assert options(url) is None
+        assert options(url, old_name) is None
         settings = make_settings(url, words_checkpoint, image_store=tmp_path / "images")
         with TestClient(create_app(settings)) as served:
             assert served.get("/readyz").status_code == 200
-        assert options(url) == [f"m={WORDS_HNSW_M}", f"ef_construction={WORDS_HNSW_EF_CONSTRUCTION}"]
+        new_name = words_index_name(model_id, vocabulary_id)
+        assert options(url, new_name) == [
+            f"m={WORDS_HNSW_M}",
+            f"ef_construction={WORDS_HNSW_EF_CONSTRUCTION}",
+        ]

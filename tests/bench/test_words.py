@@ -90,8 +90,9 @@ def test_the_gallery_stores_the_services_words_and_indexes_them(
             with Session(engine) as session:
                 counts = session.execute(
                     text(
-                        "SELECT count(*), count(visual_words), count(DISTINCT vocabulary_id), "
-                        "min(vocabulary_id) FROM fingerprints"
+                        "SELECT count(*), count(w.words), count(DISTINCT w.vocabulary_id), "
+                        "min(w.vocabulary_id) FROM fingerprints f "
+                        "LEFT JOIN block_words w ON w.fingerprint_id = f.id"
                     )
                 ).one()
                 assert tuple(counts) == (180, 180, 1, vocabulary.vocabulary_id)
@@ -128,7 +129,7 @@ def test_a_gallery_without_vocabulary_stores_no_words(
         engine = create_engine(database_url)
         try:
             with engine.connect() as connection:
-                assert connection.execute(text("SELECT count(visual_words) FROM fingerprints")).scalar() == 0
+                assert connection.execute(text("SELECT count(*) FROM block_words")).scalar() == 0
         finally:
             engine.dispose()
 

@@ -1,0 +1,132 @@
+"""Adds the visual words of newly recorded blocks right after their recording has committed.
+
+A recording stores each block's fingerprint and local features; its visual words (the second source of
+candidates, searched only when the network's candidates settle nothing) are written here, on a thread of
+their own, so that a dispatch's answer does not wait for the words' HNSW index (inserting a block's ~480
+words costs tens of milliseconds; docs/benchmarks.md). The words are computed from the stored local features
+with the model's vocabulary, exactly as ``palletreid reindex`` fills them.
+
+The indexer wakes when a transaction that added fingerprints commits (a SQLAlchemy event on the service's
+session factory) and at least every ``poll_seconds`` (the blocks other API processes recorded, and a
+database that was away). It keeps a cursor, the highest fingerprint id it has seen: fingerprints are
+written under the identification lock, so their ids commit in increasing order and each pass reads only
+the new rows through the primary key; the first pass after start covers the whole table (blocks recorded
+while the service was down, or whose words a crash lost). One process indexes at a time (a session-level
+advisory lock); the others find nothing left or try again on their next wake.
+
+Until its words are written, a block is found by its fingerprint and checked by its local features as
+usual; only the word search does not see it yet, for the fraction of a second the indexer needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.orm import Session, UOWTransaction, sessionmaker
+
+from app.db.session import build_session_factory
+from app.db.tables import Fingerprint
+from app.images.reindex import write_missing_words
+from models.runtime.visual_words import VisualVocabulary
+
+logger = logging.getLogger(__name__)
+
+WORD_INDEXER_LOCK_KEY = zlib.crc32(b"palletreid:word-indexer")
+"""Key of the session-level advisory lock held while words are being written."""
+BATCH_SIZE = 96
+"""Fingerprints per transaction: 16 dispatches' blocks, about half a second of encoding and inserting."""
+_ADDED_FINGERPRINTS = "palletreid.added_fingerprints"
+
+
+class WordIndexer:
+    """Writes the missing visual words of ``model_id``'s blocks, on a daemon thread until stopped."""
+
+    def __init__(
+        self, engine: Engine, model_id: str, vocabulary: VisualVocabulary, *, poll_seconds: float
+    ) -> None:
+        self._engine = engine
+        self._sessions = build_session_factory(engine)
+        self._model_id = model_id
+        self._vocabulary = vocabulary
+        self._poll_seconds = poll_seconds
+        self._after_id = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="word-indexer", daemon=True)
+        self._last_warning = 0.0
+        self._watched: sessionmaker[Session] | None = None
+
+    def start(self, *, watched: sessionmaker[Session] | None = None) -> None:
+        """Start the thread; it also wakes whenever a session of ``watched`` commits new fingerprints."""
+        if watched is not None:
+            event.listen(watched, "after_flush", _note_added_fingerprints)
+            event.listen(watched, "after_commit", self._after_commit)
+            self._watched = watched
+        self._thread.start()
+
+    def notify(self) -> None:
+        """New blocks were committed: index their words now."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._watched is not None:
+            event.remove(self._watched, "after_flush", _note_added_fingerprints)
+            event.remove(self._watched, "after_commit", self._after_commit)
+            self._watched = None
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def run_once(self) -> int | None:
+        """Write the words of every block of the model that lacks them (after the cursor); how many were
+        written, or ``None`` when another process is indexing now."""
+        with self._engine.connect() as lock:
+            if not lock.execute(select(func.pg_try_advisory_lock(WORD_INDEXER_LOCK_KEY))).scalar():
+                lock.rollback()
+                return None
+            try:
+                return self._index_new_blocks()
+            finally:
+                lock.execute(select(func.pg_advisory_unlock(WORD_INDEXER_LOCK_KEY)))
+                lock.commit()
+
+    def _index_new_blocks(self) -> int:
+        written, self._after_id = write_missing_words(
+            self._sessions,
+            model_id=self._model_id,
+            vocabulary=self._vocabulary,
+            after_id=self._after_id,
+            batch_size=BATCH_SIZE,
+            stopped=self._stop.is_set,
+        )
+        if written > BATCH_SIZE:
+            logger.info("visual words of %d blocks of %s written", written, self._model_id)
+        return written
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(_ADDED_FINGERPRINTS, False):
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                written = self.run_once()
+            except Exception as error:  # the database is away or not migrated yet: try again later
+                written = 0
+                if time.monotonic() - self._last_warning > 60:
+                    self._last_warning = time.monotonic()
+                    logger.warning("word indexer: %s (retrying)", error)
+            if written is None:  # another process is indexing: look again shortly
+                self._stop.wait(min(self._poll_seconds, 0.5))
+                continue
+            self._wake.wait(self._poll_seconds)
+            self._wake.clear()
+
+
+def _note_added_fingerprints(session: Session, _: UOWTransaction) -> None:
+    if any(isinstance(item, Fingerprint) for item in session.new):
+        session.info[_ADDED_FINGERPRINTS] = True
