@@ -271,12 +271,12 @@ class ModelRunner:
     async def analyse(
         self, images: Sequence[Image.Image], geometry: GeometryParameters, *, from_side_views: bool = False
     ) -> BlockAnalysis:
-        """Fingerprints and local features (and visual words) of ``images``, computed at the same time,
-        awaited off the loop.
+        """Fingerprints and local features of ``images``, computed at the same time, awaited off the loop.
 
         Local features are extracted as ``geometry`` says for block images, or for blocks cut out of side
         views (``from_side_views``); block images also get their side-scale features unless
-        ``geometry.side_scale_width`` is 0.
+        ``geometry.side_scale_width`` is 0 (extracted next, not awaited here). With a vocabulary, the
+        blocks' words are encoded on first use (:class:`Later`).
         Raises :class:`ModelOverloadedError` at once when ``max_queued`` requests are already admitted. A
         request stays admitted until its forward has finished, even if its client went away meanwhile (one
         still waiting for the model when it is cancelled leaves the queue: its forward never runs).

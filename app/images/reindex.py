@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,16 +200,30 @@ class ReindexRepository:
         )
 
     def lacking_words(
-        self, model_id: str, vocabulary_id: str, *, after_id: int, limit: int
+        self,
+        model_id: str,
+        vocabulary_id: str,
+        *,
+        after_id: int,
+        limit: int,
+        through_id: int | None = None,
+        among: Collection[int] | None = None,
     ) -> list[tuple[int, bytes]]:
-        """(id, local features) of fingerprints that lack words of ``vocabulary_id``, in id order."""
-        rows = self._session.execute(
-            select(Fingerprint.id, Fingerprint.local_features)
-            .where(Fingerprint.id > after_id, _lacking_words(model_id, vocabulary_id))
-            .order_by(Fingerprint.id)
-            .limit(limit)
+        """(id, local features) of fingerprints that lack words of ``vocabulary_id``, in id order: ids above
+        ``after_id``, up to ``through_id`` and only those ``among`` when given."""
+        statement = select(Fingerprint.id, Fingerprint.local_features).where(
+            Fingerprint.id > after_id, _lacking_words(model_id, vocabulary_id)
         )
+        if through_id is not None:
+            statement = statement.where(Fingerprint.id <= through_id)
+        if among is not None:
+            statement = statement.where(Fingerprint.id.in_(list(among)))
+        rows = self._session.execute(statement.order_by(Fingerprint.id).limit(limit))
         return [(fingerprint_id, data) for fingerprint_id, data in rows if data is not None]
+
+    def last_fingerprint_id(self) -> int:
+        """The highest fingerprint id committed so far (0 without fingerprints)."""
+        return self._session.scalar(select(func.max(Fingerprint.id))) or 0
 
     def store_words(self, model_id: str, vocabulary_id: str, words: Mapping[int, SparseWords]) -> None:
         """Write the words of several fingerprints (by id) of ``model_id``, computed with ``vocabulary_id``,
@@ -408,20 +422,29 @@ def write_missing_words(
     model_id: str,
     vocabulary: VisualVocabulary,
     after_id: int = 0,
+    through_id: int | None = None,
+    among: Collection[int] | None = None,
     batch_size: int = WORDS_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
     stopped: Callable[[], bool] = lambda: False,
 ) -> tuple[int, int]:
-    """Write the words of the fingerprints of ``model_id`` with ids above ``after_id`` that lack words of
-    ``vocabulary``, from their stored local features, one transaction per batch (in id order) until none is
-    left or ``stopped()``. Returns how many were written and the last id handled (``after_id`` if none);
-    ``progress`` is called with the count so far after each batch."""
+    """Write the words of the fingerprints of ``model_id`` that lack words of ``vocabulary`` (ids above
+    ``after_id``, up to ``through_id``, only those ``among`` when given) from their stored local features,
+    one transaction per batch in id order, until none is left or ``stopped()``. Returns how many were
+    written and the last id handled (``after_id`` if none); ``progress`` gets the count after each batch."""
     vocabulary_id = vocabulary.vocabulary_id
     written = 0
     while not stopped():
         with unit_of_work(session_factory) as session:
             repository = ReindexRepository(session)
-            rows = repository.lacking_words(model_id, vocabulary_id, after_id=after_id, limit=batch_size)
+            rows = repository.lacking_words(
+                model_id,
+                vocabulary_id,
+                after_id=after_id,
+                limit=batch_size,
+                through_id=through_id,
+                among=among,
+            )
             repository.store_words(
                 model_id,
                 vocabulary_id,

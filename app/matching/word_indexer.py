@@ -6,13 +6,14 @@ their own, so that a dispatch's answer does not wait for the words' HNSW index (
 words costs tens of milliseconds; docs/benchmarks.md). The words are computed from the stored local features
 with the model's vocabulary, exactly as ``palletreid reindex`` fills them.
 
-The indexer wakes when a transaction that added fingerprints commits (a SQLAlchemy event on the service's
-session factory) and at least every ``poll_seconds`` (the blocks other API processes recorded, and a
-database that was away). It keeps a cursor, the highest fingerprint id it has seen: fingerprints are
-written under the identification lock, so their ids commit in increasing order and each pass reads only
-the new rows through the primary key; the first pass after start covers the whole table (blocks recorded
-while the service was down, or whose words a crash lost). One process indexes at a time (a session-level
-advisory lock); the others find nothing left or try again on their next wake.
+The indexer wakes when a transaction that added fingerprints commits (SQLAlchemy events on the service's
+session factory hand it their ids) and at least every ``poll_seconds``. Each pass writes the words of the
+fingerprints it was handed, then sweeps the rows committed since its last sweep (those other API processes
+recorded, and any it was not handed): fingerprints are written under the identification lock, so the
+highest id committed when a sweep starts bounds everything committed before it, and the next sweep starts
+above it. The first sweep after start covers the whole table (blocks recorded while the service was down,
+or whose words a crash lost). One process indexes at a time (a session-level advisory lock); the others
+keep what they were handed and try again shortly.
 
 Until its words are written, a block is found by its fingerprint and checked by its local features as
 usual; only the word search does not see it yet, for the fraction of a second the indexer needs.
@@ -24,13 +25,14 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Collection
 
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, UOWTransaction, sessionmaker
 
 from app.db.session import build_session_factory
 from app.db.tables import Fingerprint
-from app.images.reindex import write_missing_words
+from app.images.reindex import ReindexRepository, write_missing_words
 from models.runtime.visual_words import VisualVocabulary
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,11 @@ class WordIndexer:
         self._model_id = model_id
         self._vocabulary = vocabulary
         self._poll_seconds = poll_seconds
-        self._after_id = 0
+        self._swept_through = 0
+        """Every fingerprint up to this id has been looked at by a sweep."""
+        self._handed: set[int] = set()
+        """Ids of fingerprints this process committed whose words are not written yet."""
+        self._handed_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="word-indexer", daemon=True)
@@ -68,8 +74,10 @@ class WordIndexer:
             self._watched = watched
         self._thread.start()
 
-    def notify(self) -> None:
-        """New blocks were committed: index their words now."""
+    def notify(self, fingerprint_ids: Collection[int] = ()) -> None:
+        """Fingerprints were committed (those of ``fingerprint_ids`` among them): index their words now."""
+        with self._handed_lock:
+            self._handed.update(fingerprint_ids)
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -82,8 +90,8 @@ class WordIndexer:
         self._thread.join(timeout)
 
     def run_once(self) -> int | None:
-        """Write the words of every block of the model that lacks them (after the cursor); how many were
-        written, or ``None`` when another process is indexing now."""
+        """Write the words of the fingerprints handed over, then sweep those committed since the last sweep;
+        how many were written, or ``None`` when another process is indexing now."""
         with self._engine.connect() as lock:
             if not lock.execute(select(func.pg_try_advisory_lock(WORD_INDEXER_LOCK_KEY))).scalar():
                 lock.rollback()
@@ -95,21 +103,44 @@ class WordIndexer:
                 lock.commit()
 
     def _index_new_blocks(self) -> int:
-        written, self._after_id = write_missing_words(
+        with self._handed_lock:
+            handed, self._handed = self._handed, set()
+        try:
+            written = self._write(among=handed) if handed else 0
+        except BaseException:
+            with self._handed_lock:  # tried again on the next pass
+                self._handed.update(handed)
+            raise
+        with self._sessions() as session:
+            through = ReindexRepository(session).last_fingerprint_id()
+        swept = self._write(after_id=self._swept_through, through_id=through)
+        if not self._stop.is_set():
+            self._swept_through = max(self._swept_through, through)
+        if swept > BATCH_SIZE:
+            logger.info(
+                "visual words of %d blocks of %s written (recorded without them)", swept, self._model_id
+            )
+        return written + swept
+
+    def _write(
+        self, *, after_id: int = 0, through_id: int | None = None, among: Collection[int] | None = None
+    ) -> int:
+        written, _ = write_missing_words(
             self._sessions,
             model_id=self._model_id,
             vocabulary=self._vocabulary,
-            after_id=self._after_id,
+            after_id=after_id,
+            through_id=through_id,
+            among=among,
             batch_size=BATCH_SIZE,
             stopped=self._stop.is_set,
         )
-        if written > BATCH_SIZE:
-            logger.info("visual words of %d blocks of %s written", written, self._model_id)
         return written
 
     def _after_commit(self, session: Session) -> None:
-        if session.info.pop(_ADDED_FINGERPRINTS, False):
-            self._wake.set()
+        added = session.info.pop(_ADDED_FINGERPRINTS, None)
+        if added:
+            self.notify(added)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -128,5 +159,7 @@ class WordIndexer:
 
 
 def _note_added_fingerprints(session: Session, _: UOWTransaction) -> None:
-    if any(isinstance(item, Fingerprint) for item in session.new):
-        session.info[_ADDED_FINGERPRINTS] = True
+    """After a flush (ids assigned, objects still listed as new): remember the fingerprints it inserted."""
+    added = [item.id for item in session.new if isinstance(item, Fingerprint)]
+    if added:
+        session.info.setdefault(_ADDED_FINGERPRINTS, []).extend(added)

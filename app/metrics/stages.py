@@ -2,12 +2,13 @@
 
 Each stage is measured where it happens: ``decode`` (read and decode the uploaded blocks, the matching
 router), ``detect`` (the block detector on side views) and ``forward`` (the fingerprint network), both on
-the model's thread without the wait for it, and ``features`` (local features and visual words of the
-blocks on the feature pool, beside the forward: from its submission to the last block's words) in
-``app.model_runner``; ``search`` (k-NN and the shortlisted pallets' captures), ``verify`` (block pairing,
-stored local features, geometric check, and the visual-word search when the network's candidates gave no
-clear match) and ``store`` (the event, its fingerprints with their index entries, and the block images)
-in ``app.matching.service``; and ``commit`` (the unit of work's final flush and COMMIT, a session event).
+the model's thread without the wait for it, and ``features`` (local features of the blocks on the feature
+pool, beside the forward: from its submission to the last block's) in ``app.model_runner``; ``search``
+(k-NN and the shortlisted pallets' captures), ``verify`` (block pairing, stored local features, geometric
+check, and the visual-word search when the network's candidates gave no clear match) and ``store`` (the
+event, its fingerprints with their index entries, and the block images; not the visual words, which the
+word indexer writes after the commit) in ``app.matching.service``; and ``commit`` (the unit of work's final
+flush and COMMIT, a session event).
 Only requests that record an event are timed (:func:`app.request_context.note_recording`); each
 observation also lands in the request's own timings, which its log line shows. A stage costs two
 ``perf_counter`` calls and one locked histogram update (about a microsecond).
