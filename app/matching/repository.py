@@ -55,7 +55,7 @@ WORDS_HNSW_M = 8
 WORDS_HNSW_EF_CONSTRUCTION = 32
 """The visual-word index is built lighter than the fingerprints': each block's ~480 words make an HNSW
 insert cost 20-25 ms of sparse inner products at ``m`` 16 / ``ef_construction`` 64 (docs/benchmarks.md, "The
-storage step"); the word indexer pays it now, after the recording, and keeps up with fewer threads."""
+storage step"); the word indexer pays it now, after the recording."""
 MAX_INDEXED_DIM = 4000
 """pgvector indexes ``halfvec`` of up to 4 000 dimensions."""
 

@@ -8,11 +8,12 @@ Inserting a block's ~480 visual words into the words' HNSW index was most of a d
 (tens of milliseconds per block). The service now records a capture without its words and a background
 word indexer adds them right after the commit (``app.matching.word_indexer``), so the answer no longer
 waits for that index. They move out of ``fingerprints`` into ``block_words`` (one row per block, keyed by
-its fingerprint, holding the words of the vocabulary last used): setting them later on ``fingerprints`` itself would be an
-update, and every update of a row gives its fingerprint a second entry in the fingerprints' HNSW index
-until vacuum. Existing words are copied; the old word indexes go with the columns, and the service builds
-the new ones (``ix_block_words_hnsw_<digest>``) at its next start, like ``palletreid reindex``. Downgrading
-copies the words back and drops the table (the older service rebuilds its indexes).
+its fingerprint, holding the words of the vocabulary last used): setting them later on ``fingerprints``
+itself would be an update, and every update of a row gives its fingerprint a second entry in the
+fingerprints' HNSW index until vacuum. Existing words are copied; the old word indexes go with the columns,
+and the service builds the new ones (``ix_block_words_hnsw_<digest>``) at its next start, like
+``palletreid reindex``. Downgrading copies the words back and drops the table (the older service rebuilds
+its indexes).
 """
 
 from __future__ import annotations
