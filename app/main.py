@@ -142,6 +142,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     if word_indexer is not None:
         word_indexer.start(watched=app.state.session_factory)
+    app.state.word_indexer = word_indexer
     if not app.state.key_ring.enabled:
         warn_auth_disabled()
     logger.info(

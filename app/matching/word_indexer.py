@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, UOWTransaction, sessionmaker
 from app.db.session import build_session_factory
 from app.db.tables import Fingerprint
 from app.images.reindex import ReindexRepository, write_missing_words
+from app.metrics.registry import Histogram
 from models.runtime.visual_words import VisualVocabulary
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ WORD_INDEXER_LOCK_KEY = zlib.crc32(b"palletreid:word-indexer")
 BATCH_SIZE = 96
 """Fingerprints per transaction: 16 dispatches' blocks, about half a second of encoding and inserting."""
 _ADDED_FINGERPRINTS = "palletreid.added_fingerprints"
+WORDS_LAG_SECONDS = Histogram(
+    "palletreid_word_index_lag_seconds",
+    "Per block recorded by this process: from its recording's commit until its visual words were written "
+    "(the word search misses it meanwhile).",
+    (),
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 
 
 class WordIndexer:
@@ -57,8 +65,8 @@ class WordIndexer:
         self._poll_seconds = poll_seconds
         self._swept_through = 0
         """Every fingerprint up to this id has been looked at by a sweep."""
-        self._handed: set[int] = set()
-        """Ids of fingerprints this process committed whose words are not written yet."""
+        self._handed: dict[int, float] = {}
+        """Ids of fingerprints this process committed whose words are not written yet, and when."""
         self._handed_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -76,9 +84,16 @@ class WordIndexer:
 
     def notify(self, fingerprint_ids: Collection[int] = ()) -> None:
         """Fingerprints were committed (those of ``fingerprint_ids`` among them): index their words now."""
+        now = time.monotonic()
         with self._handed_lock:
-            self._handed.update(fingerprint_ids)
+            self._handed.update(dict.fromkeys(fingerprint_ids, now))
         self._wake.set()
+
+    @property
+    def pending_blocks(self) -> int:
+        """Blocks this process committed whose words it has not written yet."""
+        with self._handed_lock:
+            return len(self._handed)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._watched is not None:
@@ -104,13 +119,16 @@ class WordIndexer:
 
     def _index_new_blocks(self) -> int:
         with self._handed_lock:
-            handed, self._handed = self._handed, set()
+            handed, self._handed = self._handed, {}
         try:
             written = self._write(among=handed) if handed else 0
         except BaseException:
             with self._handed_lock:  # tried again on the next pass
                 self._handed.update(handed)
             raise
+        now = time.monotonic()
+        for handed_at in handed.values():
+            WORDS_LAG_SECONDS.observe(now - handed_at)
         with self._sessions() as session:
             through = ReindexRepository(session).last_fingerprint_id()
         swept = self._write(after_id=self._swept_through, through_id=through)

@@ -1,1 +1,2 @@
-"""Prometheus metrics: requests and latency, decisions, reviews, the impostor tail, webhook backlog."""
+"""Prometheus metrics: requests and latency, decisions, reviews, the impostor tail, webhook backlog, the word
+indexer's backlog and lag."""

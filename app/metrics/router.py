@@ -18,6 +18,7 @@ from app.errors import (
     PermissionDeniedError,
     error_responses,
 )
+from app.matching.word_indexer import WORDS_LAG_SECONDS, WordIndexer
 from app.metrics.middleware import LATENCY, REQUESTS
 from app.metrics.registry import Sample, family
 from app.metrics.repository import MetricsRepository
@@ -69,8 +70,9 @@ class _DatabaseMetricsCache:
     responses={200: {"content": {PROMETHEUS_MEDIA_TYPE: {"schema": {"type": "string"}}}}},
 )
 def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> PrometheusResponse:
-    """Prometheus metrics of this process (requests, latency, latency per stage of receipts and dispatches)
-    and of the database (decisions, reviews, impostor tail, webhook backlog)."""
+    """Prometheus metrics of this process (requests, latency, latency per stage of receipts and dispatches,
+    the word indexer's backlog and lag) and of the database (decisions, reviews, impostor tail, webhook
+    backlog)."""
     cache: _DatabaseMetricsCache = (
         getattr(request.app.state, "metrics_cache", None) or _DatabaseMetricsCache()
     )
@@ -80,7 +82,22 @@ def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Pro
             cache.text = _database_metrics(session, request, settings)
             cache.computed_at = time.monotonic()
         database = cache.text
-    return PrometheusResponse(REQUESTS.render() + LATENCY.render() + STAGE_SECONDS.render() + database)
+    process = REQUESTS.render() + LATENCY.render() + STAGE_SECONDS.render() + _word_indexer_metrics(request)
+    return PrometheusResponse(process + database)
+
+
+def _word_indexer_metrics(request: Request) -> str:
+    """The word indexer's backlog and lag in this process (nothing when the model has no vocabulary)."""
+    indexer: WordIndexer | None = getattr(request.app.state, "word_indexer", None)
+    if indexer is None:
+        return ""
+    pending = family(
+        "palletreid_word_index_pending_blocks",
+        "gauge",
+        "Blocks this process recorded whose visual words are not written yet.",
+        [Sample({}, indexer.pending_blocks)],
+    )
+    return pending + WORDS_LAG_SECONDS.render()
 
 
 def _database_metrics(session: Session, request: Request, settings: Settings) -> str:

@@ -422,6 +422,7 @@ def test_a_service_with_a_vocabulary_writes_the_words_of_new_and_older_blocks_af
         upgrade_to_head(url)
         with TestClient(create_app(make_settings(url, tiny_checkpoint, image_store=images))) as old:
             assert old.get("/readyz").json()["vocabulary"] is None
+            assert "palletreid_word_index" not in old.get("/metrics").text, "no vocabulary, no indexer"
             for seed in (121, 122):
                 post(old, "/v1/receipts", noise_blocks(seed, count=2))
 
@@ -444,6 +445,9 @@ def test_a_service_with_a_vocabulary_writes_the_words_of_new_and_older_blocks_af
             # the receipt's blocks (recorded without a vocabulary) at start, the dispatch's after its commit
             wait_until(lambda: all(v == vocabulary_id for v, _ in stored_now()), "the words were written")
             stored = stored_now()
+            metrics = served.get("/metrics").text
+            assert "palletreid_word_index_pending_blocks 0" in metrics
+            assert "palletreid_word_index_lag_seconds_count" in metrics
             with engine.connect() as connection:
                 assert words_index_valid(connection, model_id, vocabulary_id), "built at start"
             with engine.begin() as connection:

@@ -14,7 +14,7 @@ from app.db.migrations import upgrade_to_head
 from app.db.session import build_session_factory, unit_of_work
 from app.db.tables import EventKind, FingerprintWords
 from app.matching.service import EventDetails, MatchingConfig, MatchingService
-from app.matching.word_indexer import WORD_INDEXER_LOCK_KEY, WordIndexer
+from app.matching.word_indexer import WORD_INDEXER_LOCK_KEY, WORDS_LAG_SECONDS, WordIndexer
 from models.runtime.visual_words import VisualVocabulary
 from models.runtime.voting import VotingThresholds
 from models.training.vocabulary import VocabularyConfig, learn_vocabulary
@@ -68,11 +68,14 @@ def test_a_committed_recording_wakes_the_indexer_and_a_rolled_back_one_leaves_no
                 EventKind.RECEIPT, block_analysis(seed=1), model_id=MODEL, details=EventDetails()
             )
             raise RuntimeError("the request failed after its fingerprints were flushed")
+        lagged = WORDS_LAG_SECONDS.count()
         with unit_of_work(sessions) as session:
             MatchingService(session, CONFIG).record(
                 EventKind.RECEIPT, block_analysis(seed=2), model_id=MODEL, details=EventDetails()
             )
         wait_until(lambda: words_written(engine) == 6, "the committed receipt's six blocks got words")
+        wait_until(lambda: WORDS_LAG_SECONDS.count() == lagged + 6, "each block's lag observed")
+        assert indexer.pending_blocks == 0
     finally:
         indexer.stop()
     with engine.connect() as connection:
