@@ -11,12 +11,12 @@ while it is saturated.
 Local features (ORB, for the geometric check of the decision rule) are extracted on a small pool of their
 own while the network runs: OpenCV releases the GIL, so the two overlap. Block images' features at a
 side-view block's scale (``models.runtime.voting.side_scale_features``, about 8 ms of CPU a block; matched
-against blocks cut out of side views, and stored) are extracted on the same pool right after, and waited
-for only where they are used (:class:`Later`): by the rule when it meets a side view's capture, and when
-the capture is stored. When the checkpoint carries a visual-word vocabulary, the blocks' word vectors
-(about 6 ms a block) are computed only if the rule runs the word search; the stored blocks get theirs from
-the word indexer after the commit (``app.matching.word_indexer``). The same pool matches features during
-identification (:attr:`ModelRunner.feature_pool`).
+against blocks cut out of side views, and stored) are extracted on the same pool right after and are not
+part of the ``features`` stage (:class:`Later`): the recording waits for them, if they are not done yet,
+before it takes the identification lock. When the checkpoint carries a visual-word vocabulary, the blocks'
+word vectors (about 6 ms a block) are computed only if the rule runs the word search; the stored blocks get
+theirs from the word indexer after the commit (``app.matching.word_indexer``). The same pool matches
+features during identification (:attr:`ModelRunner.feature_pool`).
 
 The block detector for side views (``models.runtime.detector.BlockDetector``), when loaded, runs on the same
 worker thread and behind the same admission: a side-view request is admitted once for its detection and once
@@ -147,22 +147,9 @@ class BlockAnalysis:
     ``None`` when that is 0), matched against captures cut out of side views."""
 
     def capture_features(self) -> CaptureFeatures:
-        """The blocks' local features as the decision rule compares them with a stored capture's; their
-        side-scale features are waited for only if the rule meets a capture cut out of side views."""
-        if self.at_side_scale is None:
-            return CaptureFeatures(self.features, self.from_side_views)
-        return _QueryCaptureFeatures(self.features, at_side_scale_later=self.at_side_scale)
-
-
-@dataclass(frozen=True, slots=True)
-class _QueryCaptureFeatures(CaptureFeatures):
-    """Block images whose side-scale features are still being extracted when the rule starts."""
-
-    at_side_scale_later: Later[list[LocalFeatures]] | None = None
-
-    def against_side_views(self) -> Sequence[LocalFeatures | None]:
-        assert self.at_side_scale_later is not None
-        return self.at_side_scale_later.get()
+        """The blocks' local features as the decision rule compares them with a stored capture's."""
+        at_side_scale = self.at_side_scale.get() if self.at_side_scale is not None else None
+        return CaptureFeatures(self.features, self.from_side_views, at_side_scale)
 
 
 class ModelRunner:

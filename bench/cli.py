@@ -74,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="pallets of the vector-vs-halfvec and HNSW m study (default: 10000)",
     )
+    parser.add_argument(
+        "--hnsw-m",
+        type=_int_list,
+        help="HNSW m values of that study, over halfvec (default: 8,16,32)",
+    )
     parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS comparison")
     parser.add_argument(
         "--faiss-hnsw-max-pallets",
@@ -125,6 +130,7 @@ def bench(args: argparse.Namespace) -> int:
             embedding_variants=args.embedding_variants,
             ef_search_values=args.ef_search,
             variant_gallery=args.variant_gallery,
+            hnsw_m_values=args.hnsw_m,
             faiss=False if args.no_faiss else None,
             faiss_hnsw_max_pallets=args.faiss_hnsw_max_pallets,
             checkpoint=args.checkpoint,

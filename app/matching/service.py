@@ -207,6 +207,10 @@ class MatchingService:
             raise InvalidRequestError(f"expected (blocks, dims) fingerprints, got {embeddings.shape}")
         if len(blocks.features) != len(embeddings):
             raise InvalidRequestError(f"{len(embeddings)} fingerprints need as many feature sets")
+        # extracted beside the forward; waited for here, not while holding the identification lock
+        at_side_scale = blocks.at_side_scale.get() if blocks.at_side_scale is not None else None
+        if at_side_scale is not None and len(at_side_scale) != len(embeddings):
+            raise InvalidRequestError(f"{len(embeddings)} fingerprints need as many side-scale feature sets")
 
         self._fingerprints.lock_identification()
         if details.idempotency_key is not None:
@@ -265,9 +269,6 @@ class MatchingService:
                 ),
             )
         )
-        at_side_scale = blocks.at_side_scale.get() if blocks.at_side_scale is not None else None
-        if at_side_scale is not None and len(at_side_scale) != len(embeddings):
-            raise InvalidRequestError(f"{len(embeddings)} fingerprints need as many side-scale feature sets")
         self._fingerprints.add_all(
             [
                 Fingerprint(

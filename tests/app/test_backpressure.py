@@ -18,16 +18,15 @@ import anyio.to_thread
 import httpx
 import numpy as np
 import pytest
-from api_testkit import FreshDatabase, block_files, noise_block_features, noise_blocks, wait_until
+from api_testkit import FreshDatabase, block_files, noise_blocks, wait_until
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.db.migrations import upgrade_to_head
 from app.main import create_app
-from app.model_runner import BlockAnalysis, Later, ModelOverloadedError, ModelRunner
+from app.model_runner import ModelOverloadedError, ModelRunner
 from models.runtime.inference import Embedder
-from models.runtime.local_features import LocalFeatures
-from models.runtime.voting import CaptureFeatures, GeometryParameters
+from models.runtime.voting import GeometryParameters
 
 LIVENESS_DEADLINE_S = 120.0
 """How long a test waits for a state before failing instead of hanging (not a speed requirement)."""
@@ -156,21 +155,3 @@ def test_a_full_model_queue_is_refused_and_the_probes_still_answer(served: Serve
         responses = [request.result(timeout=LIVENESS_DEADLINE_S) for request in queued]
     assert [response.status_code for response in responses] == [201] * QUEUE, [r.text for r in responses]
     assert served.runner.admitted == 0
-
-
-def test_side_scale_features_are_waited_for_only_when_a_side_view_capture_is_compared() -> None:
-    """The rule compares block images with block images on their own features: it does not wait for the
-    side-scale extraction, which may still be running; against a side view's capture it does."""
-    pending: Future[LocalFeatures] = Future()
-    features = noise_block_features(1, count=1)
-    query = BlockAnalysis(
-        np.ones((1, 4), dtype=np.float32), features, at_side_scale=Later.gathered([pending], list)
-    ).capture_features()
-
-    own, stored = query.compared_with(CaptureFeatures(features))  # returns although pending is not done
-    assert (own, stored) == (features, features)
-
-    scaled = noise_block_features(2, count=1)[0]
-    threading.Timer(0.05, pending.set_result, (scaled,)).start()
-    against_sides, _ = query.compared_with(CaptureFeatures(features, from_side_views=True))
-    assert list(against_sides) == [scaled]
