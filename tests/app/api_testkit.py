@@ -6,11 +6,13 @@ import functools
 import io
 import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import Connection, text
 
 from app.model_runner import BlockAnalysis
 from models.runtime.local_features import LocalFeatures, extract
@@ -81,3 +83,28 @@ def wait_until(condition: Callable[[], bool], what: str, *, deadline_s: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"never happened: {what}")
         time.sleep(0.02)
+
+
+def insert_receipts(
+    connection: Connection, results: Sequence[str] = ("{}",), *, model_id: str = "model-a"
+) -> tuple[uuid.UUID, list[int]]:
+    """A pallet with one receipt per stored ``results`` (JSON text), in raw SQL that every schema revision
+    accepts (migration tests run at old revisions, where the ORM's tables do not apply); its id and theirs."""
+    pallet = uuid.uuid4()
+    connection.execute(
+        text(
+            "INSERT INTO pallets (id, status, first_seen, last_seen) VALUES (:id, 'in_stock', now(), now())"
+        ),
+        {"id": pallet},
+    )
+    events = [
+        connection.execute(
+            text(
+                "INSERT INTO events (pallet_id, kind, decision, votes, blocks_compared, model_id, result) "
+                "VALUES (:pallet, 'receipt', 'registered', 0, 0, :model, CAST(:result AS jsonb)) RETURNING id"
+            ),
+            {"pallet": pallet, "model": model_id, "result": result},
+        ).scalar_one()
+        for result in results
+    ]
+    return pallet, events

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from api_testkit import FreshDatabase, unit_vectors
+from api_testkit import FreshDatabase, insert_receipts, unit_vectors
 from fastapi.testclient import TestClient
 from pgvector import HalfVector
 from sqlalchemy import Connection, create_engine, inspect, text
@@ -125,20 +124,7 @@ def _not_a_model_index(
 
 def _add_fingerprint(connection: Connection, model_id: str, vector: np.ndarray) -> None:
     """A pallet with one receipt and one fingerprint of ``model_id``, in the columns of revision 0005."""
-    pallet = uuid.uuid4()
-    connection.execute(
-        text(
-            "INSERT INTO pallets (id, status, first_seen, last_seen) VALUES (:id, 'in_stock', now(), now())"
-        ),
-        {"id": pallet},
-    )
-    event = connection.execute(
-        text(
-            "INSERT INTO events (pallet_id, kind, decision, votes, blocks_compared, model_id, result) "
-            "VALUES (:pallet, 'receipt', 'registered', 0, 0, :model, '{}') RETURNING id"
-        ),
-        {"pallet": pallet, "model": model_id},
-    ).scalar_one()
+    pallet, (event,) = insert_receipts(connection, model_id=model_id)
     connection.execute(
         text(
             "INSERT INTO fingerprints (pallet_id, event_id, model_id, position, embedding) "
@@ -229,25 +215,7 @@ def test_0009_marks_the_events_recorded_from_side_views(fresh_database: FreshDat
         engine = create_engine(url)
         results = ['{"detector": "detector-1"}', '{"detector": null}', "{}"]
         with engine.begin() as connection:
-            pallet = uuid.uuid4()
-            connection.execute(
-                text(
-                    "INSERT INTO pallets (id, status, first_seen, last_seen) "
-                    "VALUES (:id, 'in_stock', now(), now())"
-                ),
-                {"id": pallet},
-            )
-            events = [
-                connection.execute(
-                    text(
-                        "INSERT INTO events (pallet_id, kind, decision, votes, blocks_compared, model_id, "
-                        "result) VALUES (:pallet, 'receipt', 'registered', 0, 0, 'model-a', "
-                        "CAST(:result AS jsonb)) RETURNING id"
-                    ),
-                    {"pallet": pallet, "result": result},
-                ).scalar_one()
-                for result in results
-            ]
+            _, events = insert_receipts(connection, results)
 
         command.upgrade(config, "0009")
 

@@ -19,6 +19,7 @@ from api_testkit import (
     FreshDatabase,
     block_analysis,
     block_files,
+    insert_receipts,
     noise_block_features,
     noise_blocks,
     unit_vectors,
@@ -129,21 +130,7 @@ def test_migration_0010_moves_the_words_into_their_own_table_and_back(fresh_data
         command.upgrade(config, "0009")
         engine = create_engine(url)
         with engine.begin() as connection:
-            pallet = uuid.uuid4()
-            connection.execute(
-                text(
-                    "INSERT INTO pallets (id, status, first_seen, last_seen) "
-                    "VALUES (:id, 'in_stock', now(), now())"
-                ),
-                {"id": pallet},
-            )
-            event_id = connection.execute(
-                text(
-                    "INSERT INTO events (pallet_id, kind, decision, votes, blocks_compared, model_id, "
-                    "result) VALUES (:pallet, 'receipt', 'registered', 0, 0, 'model-a', '{}') RETURNING id"
-                ),
-                {"pallet": pallet},
-            ).scalar_one()
+            pallet, (event_id,) = insert_receipts(connection)
             with_words, without = (
                 connection.execute(
                     text(
